@@ -1,0 +1,91 @@
+"""Evaluation of perturbation predictions: metrics, baselines and method comparison.
+
+All quantities live in log1p(normalize_total 1e4) expression space. Typical use (held-out perturbations ``held``; controls split so that the methods and the
+observed Δ do not share control noise)::
+
+    from pertx_scvi import metrics as pm
+
+    labels = adata.obs["perturbation"].to_numpy()
+    is_ctrl, is_held = labels == "control", np.isin(labels, held)
+    fit_mask, eval_mask = pm.split_control(adata, "perturbation", "control")
+    adata_train = adata[(~is_ctrl & ~is_held) | fit_mask]
+    sel = is_held | is_ctrl
+    baselines = pm.fit_baselines(adata_train, "perturbation", "control", edges=go_edges)
+    df = pm.compare(
+        {"PertTX": pred_df, **baselines}, adata[sel], "perturbation", "control",
+        control_mask=eval_mask[sel], pred_control_mask=fit_mask[sel],
+        train_mean=pm.perturbed_mean_profile(adata_train, "perturbation", "control"),
+    )
+    pm.summarize(df, by_strong_effect=True)
+
+Nothing in this subpackage imports torch.
+"""
+
+from ._baselines import (
+    Additive,
+    Baseline,
+    ControlMean,
+    GraphNeighbourAverage,
+    Linear,
+    SplitHalfCeiling,
+    TrainingProfiles,
+    TrainMean,
+    fit_baselines,
+    go_gene_embedding,
+    training_profiles,
+)
+from ._metrics import (
+    benjamini_hochberg,
+    de_gene_overlap,
+    direction_match,
+    discrimination_score,
+    mae,
+    mse,
+    pearson,
+    pearson_rows,
+    perturbed_mean_profile,
+    split_control,
+    split_half_correlation,
+    top_genes,
+    welch_ttest,
+)
+from ._summary import compare, metric_names, summarize
+from ._utils import canonical_label, log_normalize, parse_perturbation
+
+__all__ = [
+    # labels and normalisation
+    "parse_perturbation",
+    "canonical_label",
+    "log_normalize",
+    # metrics
+    "pearson",
+    "pearson_rows",
+    "mse",
+    "mae",
+    "direction_match",
+    "discrimination_score",
+    "de_gene_overlap",
+    "top_genes",
+    "welch_ttest",
+    "benjamini_hochberg",
+    # traps
+    "split_control",
+    "split_half_correlation",
+    "perturbed_mean_profile",
+    # comparison
+    "compare",
+    "summarize",
+    "metric_names",
+    # baselines
+    "Baseline",
+    "ControlMean",
+    "TrainMean",
+    "Additive",
+    "Linear",
+    "GraphNeighbourAverage",
+    "SplitHalfCeiling",
+    "TrainingProfiles",
+    "training_profiles",
+    "fit_baselines",
+    "go_gene_embedding",
+]

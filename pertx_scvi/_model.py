@@ -1,0 +1,532 @@
+"""PertTX: the scvi-tools model class (AnnData in, AnnData out; no tensor maths here)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+from scvi.data import AnnDataManager
+from scvi.data.fields import (
+    CategoricalObsField,
+    LayerField,
+    NumericalJointObsField,
+)
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+from scvi.train import TrainRunner
+
+from . import _validation as check
+from ._constants import REGISTRY_KEYS
+from ._labels import DEFAULT_CONTROL_TOKENS, gene_set_matrix, parse_perturbation
+from .data import CellArrays, ControlSampler, PerturbationDataModule, cell_loader, split_cells
+from .module import PertTXModule
+from .train import PertTXTrainingPlan
+
+logger = logging.getLogger(__name__)
+
+
+class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
+    """Perturbation transformer: predicts perturbed cells from control cells.
+
+    Each cell is a sequence of gene tokens (gene embedding + encoded expression value) with a CLS
+    token whose output is the cell embedding. A perturbation, a set of genes (``"A+B"``), is
+    embedded gene by gene and pooled; a decoder predicts every gene of the perturbed cell from a
+    control cell of the same context and the perturbation. Masked-expression reconstruction is
+    trained alongside.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    d_model
+        Width of gene tokens and of the cell embedding.
+    n_heads
+        Attention heads.
+    n_layers
+        Transformer layers.
+    d_hidden
+        Hidden units of the feed-forward blocks and decoders.
+    dropout
+        Dropout rate.
+    attention_backend
+        ``"auto"`` (flash-attn on CUDA when installed, else SDPA), ``"sdpa"``, ``"native"``
+        or ``"flash"``.
+    likelihood
+        ``"nb"`` (negative binomial on counts) or ``"mse"`` (squared error on
+        log1p(normalize_total) values).
+    mask_ratio
+        Share of genes hidden for masked-expression reconstruction.
+    next_cell_weight, mlm_weight
+        Loss weights of next-cell prediction and masked-expression reconstruction.
+
+    Examples
+    --------
+    >>> import pertx_scvi as px
+    >>> adata = px.datasets.papalexi2021()
+    >>> px.PertTX.setup_anndata(adata, perturbation_key="perturbation", control_group="control")
+    >>> model = px.PertTX(adata)
+    >>> model.train(max_epochs=10, holdout_perturbations=["STAT1"])
+    >>> adata.obsm["X_pertx"] = model.get_latent_representation()
+    >>> pred = model.predict_perturbation(adata[adata.obs.perturbation == "control"], ["IRF1"])
+    """
+
+    _module_cls = PertTXModule
+    _training_plan_cls = PertTXTrainingPlan
+    _train_runner_cls = TrainRunner
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        registry: dict | None = None,
+        d_model: int = 64,
+        n_heads: int = 4,
+        n_layers: int = 2,
+        d_hidden: int = 128,
+        dropout: float = 0.1,
+        attention_backend: str = "auto",
+        likelihood: str = "nb",
+        mask_ratio: float = 0.15,
+        next_cell_weight: float = 1.0,
+        mlm_weight: float = 1.0,
+    ):
+        super().__init__(adata, registry)
+        if adata is None:
+            raise ValueError("PertTX needs the AnnData it was set up with: PertTX(adata)")
+        setup = self.registry_["setup_args"]
+        if likelihood == "nb":
+            check.check_counts(check.get_matrix(adata, setup["layer"]), setup["layer"], True)
+
+        self.gene_names = self._gene_names(adata)
+        labels = self._label_categories()
+        self._label_genes = [self._parse(label) for label in labels]
+        vocabulary = sorted({g for genes in self._label_genes for g in genes})
+        self.perturbation_genes = pd.Index(vocabulary, name="gene")
+        self._label_gene_sets = gene_set_matrix(self._label_genes, self.perturbation_genes)
+        self_gene_index = torch.from_numpy(self.gene_names.get_indexer(self.perturbation_genes))
+
+        self.module = self._module_cls(
+            n_genes=adata.n_vars,
+            n_perturbation_genes=len(self.perturbation_genes),
+            self_gene_index=self_gene_index,
+            d_model=d_model,
+            n_heads=n_heads,
+            n_layers=n_layers,
+            d_hidden=d_hidden,
+            dropout=dropout,
+            attention_backend=attention_backend,
+            likelihood=likelihood,
+            mask_ratio=mask_ratio,
+            next_cell_weight=next_cell_weight,
+            mlm_weight=mlm_weight,
+        )
+        self.holdout_perturbations_: list[str] = []
+        self._model_summary_string = (
+            f"PertTX: {adata.n_vars} genes, {len(labels)} perturbation labels over "
+            f"{len(self.perturbation_genes)} genes, d_model={d_model}, n_layers={n_layers}, "
+            f"n_heads={n_heads}, likelihood={likelihood}, "
+            f"attention={self.module.encoder.backend}"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    # ---- setup -------------------------------------------------------------------------------
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        perturbation_key: str,
+        control_group: str,
+        layer: str | None = None,
+        cell_type_key: str | None = None,
+        batch_key: str | None = None,
+        phenotype_keys: Sequence[str] | None = None,
+        label_separator: str = "+",
+        gene_symbols: str | None = None,
+        **kwargs,
+    ) -> None:
+        """Register a perturbation screen with PertTX.
+
+        Parameters
+        ----------
+        adata
+            Cells x genes with raw counts in ``adata.X`` or ``adata.layers[layer]``.
+        perturbation_key
+            ``obs`` column of perturbation labels: a gene (``"STAT1"``), a combination
+            (``"IRF1+JAK2"``, any number of genes, GEARS style ``"A+ctrl"`` too) or the control.
+        control_group
+            The control label in ``perturbation_key`` (``"ctrl"`` is also read as control).
+        layer
+            Layer holding counts; ``None`` uses ``adata.X``.
+        cell_type_key, batch_key
+            Optional ``obs`` columns; control sources are paired within each cell type x batch.
+        phenotype_keys
+            Optional numeric ``obs`` columns of per-cell phenotype scores.
+        label_separator
+            Separator between the genes of a combination label.
+        gene_symbols
+            ``var`` column with gene symbols when ``var_names`` are other ids (e.g. Ensembl).
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        check.check_obs_column(adata, perturbation_key, "perturbation")
+        check.check_control_group(adata, perturbation_key, control_group)
+        for key, what in ((cell_type_key, "cell type"), (batch_key, "batch")):
+            if key is not None:
+                check.check_obs_column(adata, key, what)
+        phenotype_keys = list(phenotype_keys) if phenotype_keys else None
+        for key in phenotype_keys or []:
+            check.check_obs_column(adata, key, "phenotype", numeric=True)
+        check.check_counts(check.get_matrix(adata, layer), layer, require_integer=False)
+        check.check_unique_genes(pd.Index(adata.var_names))
+        if gene_symbols is not None:
+            if gene_symbols not in adata.var.columns:
+                raise KeyError(
+                    f"gene_symbols column {gene_symbols!r} not found in adata.var "
+                    f"(columns: {list(adata.var.columns)})"
+                )
+            check.check_unique_genes(
+                pd.Index(adata.var[gene_symbols].astype(str)), f"adata.var[{gene_symbols!r}]"
+            )
+
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            CategoricalObsField(REGISTRY_KEYS.PERTURBATION_KEY, perturbation_key),
+            CategoricalObsField(REGISTRY_KEYS.CELL_TYPE_KEY, cell_type_key),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            NumericalJointObsField(REGISTRY_KEYS.PHENOTYPE_KEY, phenotype_keys),
+        ]
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    # ---- registry helpers --------------------------------------------------------------------
+    @property
+    def _setup_args(self) -> dict:
+        return self.registry_["setup_args"]
+
+    def _parse(self, label: str) -> tuple[str, ...]:
+        setup = self._setup_args
+        tokens = (*DEFAULT_CONTROL_TOKENS, str(setup["control_group"]))
+        return parse_perturbation(label, setup["label_separator"], tokens)
+
+    def _mapping(self, key: str) -> np.ndarray:
+        return np.asarray(self.adata_manager.get_state_registry(key).categorical_mapping)
+
+    def _label_categories(self) -> list[str]:
+        return [str(label) for label in self._mapping(REGISTRY_KEYS.PERTURBATION_KEY)]
+
+    def _gene_names(self, adata: AnnData) -> pd.Index:
+        symbols = self._setup_args["gene_symbols"]
+        names = adata.var[symbols].astype(str) if symbols else adata.var_names
+        return pd.Index(np.asarray(names, dtype=str))
+
+    def _registered_var_names(self) -> pd.Index:
+        return pd.Index(self.adata_manager.get_state_registry(REGISTRY_KEYS.X_KEY).column_names)
+
+    def _codes(self, adata: AnnData, registry_key: str, required: bool) -> np.ndarray:
+        """Registered category codes of an obs column for any AnnData (-1 for unknown labels)."""
+        state = self.adata_manager.get_state_registry(registry_key)
+        key = state.original_key
+        mapping = pd.Index(np.asarray(state.categorical_mapping).astype(str))
+        if registry_key != REGISTRY_KEYS.PERTURBATION_KEY and key.startswith("_scvi"):
+            return np.zeros(adata.n_obs, dtype=np.int64)
+        if key not in adata.obs.columns:
+            if required:
+                raise KeyError(f"column {key!r} (used at setup) not found in adata.obs")
+            return np.full(adata.n_obs, -1, dtype=np.int64)
+        codes = mapping.get_indexer(adata.obs[key].astype(str))
+        if required and (codes < 0).any():
+            unknown = pd.unique(adata.obs[key].astype(str)[codes < 0])
+            raise ValueError(f"adata.obs[{key!r}] has labels unseen at setup: {list(unknown[:10])}")
+        return codes.astype(np.int64)
+
+    def _cell_arrays(self, adata: AnnData, with_labels: bool) -> CellArrays:
+        """Counts and codes of ``adata`` in the registered gene order and category codes."""
+        layer = self._setup_args["layer"]
+        matrix = check.get_matrix(adata, layer)
+        order = check.align_genes(adata, self._registered_var_names())
+        if order is not None:
+            matrix = matrix[:, order]
+        if adata is not self.adata:
+            check.check_counts(matrix, layer, require_integer=False)
+        cell_type = self._codes(adata, REGISTRY_KEYS.CELL_TYPE_KEY, required=True)
+        batch = self._codes(adata, REGISTRY_KEYS.BATCH_KEY, required=True)
+        n_batches = len(self._mapping(REGISTRY_KEYS.BATCH_KEY))
+        phenotype = None
+        phenotype_keys = self._setup_args["phenotype_keys"]
+        if with_labels and phenotype_keys:
+            phenotype = adata.obs[list(phenotype_keys)].to_numpy(dtype=np.float32)
+        labels = self._codes(adata, REGISTRY_KEYS.PERTURBATION_KEY, required=with_labels)
+        return CellArrays(
+            counts=check.as_csr(matrix),
+            label_codes=labels,
+            label_gene_sets=self._label_gene_sets,
+            context=cell_type * n_batches + batch,
+            cell_type=cell_type,
+            phenotype=phenotype,
+        )
+
+    def _context_names(self) -> list[str]:
+        return [
+            f"{cell_type}/{batch}"
+            for cell_type in self._mapping(REGISTRY_KEYS.CELL_TYPE_KEY)
+            for batch in self._mapping(REGISTRY_KEYS.BATCH_KEY)
+        ]
+
+    def _control_codes(self) -> np.ndarray:
+        return np.array([i for i, genes in enumerate(self._label_genes) if not genes])
+
+    # ---- training ----------------------------------------------------------------------------
+    def train(
+        self,
+        max_epochs: int = 20,
+        holdout_perturbations: Sequence[str] | None = None,
+        validation_size: float = 0.1,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        lr_schedule: str = "cosine",
+        warmup_fraction: float = 0.05,
+        early_stopping: bool = False,
+        early_stopping_patience: int = 5,
+        gradient_clip_val: float = 1.0,
+        control_cells: np.ndarray | None = None,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        seed: int = 0,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ):
+        """Train on the registered AnnData.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells.
+        holdout_perturbations
+            Labels whose cells never reach training or validation (to predict them later).
+        validation_size
+            Share of the remaining cells used for validation (loss logged every epoch).
+        batch_size
+            Pairs per mini-batch.
+        lr, weight_decay, lr_schedule, warmup_fraction
+            AdamW settings and the schedule after linear warm-up (``"cosine"``, ``"step"``,
+            ``"constant"``).
+        early_stopping, early_stopping_patience
+            Stop when ``validation_loss`` has not improved for that many epochs.
+        gradient_clip_val
+            Gradient-norm clipping.
+        control_cells
+            Boolean mask or positions of the control cells that training may use (as sources
+            and targets); the others are left out, e.g. to measure effects against them later.
+        accelerator, devices
+            Passed to Lightning.
+        seed
+            Seed of the validation split and of the pairing.
+        plan_kwargs
+            Extra keyword arguments of :class:`~pertx_scvi.train.PertTXTrainingPlan`.
+        **trainer_kwargs
+            Passed to :class:`scvi.train.Trainer` (and Lightning's Trainer).
+        """
+        labels = self._label_categories()
+        holdout = [str(p) for p in (holdout_perturbations or [])]
+        unknown = [p for p in holdout if p not in labels]
+        if unknown:
+            raise ValueError(
+                f"holdout_perturbations {unknown} not found in the perturbation column "
+                f"(labels include {labels[:10]})"
+            )
+        control_codes = self._control_codes()
+        held_controls = [p for p in holdout if labels.index(p) in control_codes]
+        if held_controls:
+            raise ValueError(f"the control label {held_controls} cannot be held out")
+
+        cells = self._cell_arrays(self.adata, with_labels=True)
+        is_control = np.isin(cells.label_codes, control_codes)
+        excluded = np.zeros(self.adata.n_obs, dtype=bool)
+        if control_cells is not None:
+            allowed = np.zeros(self.adata.n_obs, dtype=bool)
+            allowed[np.asarray(control_cells)] = True
+            excluded = is_control & ~allowed
+        label_codes = np.where(excluded, -1, cells.label_codes)
+        holdout_codes = np.array([labels.index(p) for p in holdout] + [-1])
+        train_idx, val_idx, test_idx = split_cells(
+            label_codes, holdout_codes, validation_size, seed
+        )
+        sources = np.flatnonzero(is_control & ~excluded)
+        sampler = ControlSampler(sources, cells.context, self._context_names())
+        datamodule = PerturbationDataModule(
+            cells, train_idx, val_idx, test_idx, sampler, batch_size=batch_size, seed=seed
+        )
+        trained_codes = np.unique(cells.label_codes[train_idx])
+        trained_genes = np.unique(self._label_gene_sets[trained_codes])
+        trained_genes = torch.from_numpy(trained_genes[trained_genes >= 0])
+        self.module.perturbation_encoder.trained_genes[trained_genes] = True
+        self.holdout_perturbations_ = sorted(set(self.holdout_perturbations_) | set(holdout))
+
+        plan = self._training_plan_cls(
+            self.module,
+            lr=lr,
+            weight_decay=weight_decay,
+            lr_schedule=lr_schedule,
+            warmup_fraction=warmup_fraction,
+            **(plan_kwargs or {}),
+        )
+        if len(val_idx):
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        if early_stopping:
+            if not len(val_idx):
+                raise ValueError("early_stopping needs a validation set: set validation_size > 0")
+            trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
+            trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
+        runner = self._train_runner_cls(
+            self,
+            training_plan=plan,
+            data_splitter=datamodule,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping,
+            gradient_clip_val=gradient_clip_val,
+            **trainer_kwargs,
+        )
+        return runner()
+
+    # ---- outputs -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int = 512,
+    ) -> np.ndarray:
+        """Cell embeddings (CLS token output), cells x ``d_model``.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the training genes; defaults to the registered one.
+        indices
+            Cells of ``adata`` to embed; all by default.
+        batch_size
+            Cells per forward pass.
+        """
+        self._check_if_trained(warn=True)
+        adata = self.adata if adata is None else adata
+        if indices is not None:
+            adata = adata[np.asarray(indices)]
+        counts = self._cell_arrays(adata, with_labels=False).counts
+        self.module.eval()
+        embeddings = [
+            self.module.embed_cells(batch).cpu() for batch in cell_loader(counts, batch_size)
+        ]
+        return torch.cat(embeddings).numpy() if embeddings else np.zeros((0, 0), np.float32)
+
+    def _gene_sets_for(self, perturbations: Sequence[str]) -> np.ndarray:
+        """Padded vocabulary positions of each label; a clear error for genes the model can't embed."""
+        gene_sets = [self._parse(p) for p in perturbations]
+        known = self.module.perturbation_encoder.can_embed().cpu().numpy()
+        for label, genes in zip(perturbations, gene_sets, strict=True):
+            positions = self.perturbation_genes.get_indexer(list(genes))
+            absent = [g for g, pos in zip(genes, positions, strict=True) if pos < 0 or not known[pos]]
+            if absent:
+                raise ValueError(
+                    f"cannot embed perturbation {label!r}: gene(s) {absent} were never perturbed "
+                    "in training and this model has no gene graph or gene embedding table to "
+                    "embed them; train with a gene graph (PertTX(adata, gene_graph=...)) to "
+                    "predict unseen genes"
+                )
+        return gene_set_matrix(gene_sets, self.perturbation_genes)
+
+    @torch.inference_mode()
+    def get_perturbation_embedding(self, perturbations: Sequence[str]) -> np.ndarray:
+        """Embedding (len(perturbations) x d_model) of perturbation labels such as ``"A+B"``."""
+        gene_sets = torch.from_numpy(self._gene_sets_for(list(perturbations)))
+        self.module.eval()
+        return self.module.perturbation_encoder(gene_sets.to(self.device)).cpu().numpy()
+
+    @torch.inference_mode()
+    def predict_perturbation(
+        self,
+        adata: AnnData,
+        perturbations: Sequence[str],
+        n_samples: int = 1,
+        batch_size: int = 256,
+        seed: int = 0,
+    ) -> AnnData:
+        """Predict how the cells of ``adata`` (usually controls) respond to each perturbation.
+
+        Parameters
+        ----------
+        adata
+            Source cells with the training genes (counts in the registered layer).
+        perturbations
+            Labels to predict, e.g. ``["IRF1", "IRF1+JAK2"]``: combinations of any size,
+            including ones never seen in training.
+        n_samples
+            Count profiles drawn from the likelihood per source cell and perturbation.
+        batch_size
+            Source cells per forward pass.
+        seed
+            Seed of the count sampling.
+
+        Returns
+        -------
+        AnnData with one row per source cell, perturbation and sample (perturbation-major):
+        ``X`` predicted mean expression as log1p(normalize_total 1e4), ``layers["counts"]``
+        counts sampled from the likelihood with the source cell's library size,
+        ``obs["perturbation"]``, ``obs["source_cell"]`` and ``obs["sample"]``.
+        """
+        self._check_if_trained(warn=True)
+        perturbations = [str(p) for p in perturbations]
+        if not perturbations:
+            raise ValueError("perturbations is empty: name at least one label, e.g. ['STAT1']")
+        if adata.n_obs == 0:
+            raise ValueError("adata has no cells to use as sources")
+        gene_sets = torch.from_numpy(self._gene_sets_for(perturbations)).to(self.device)
+        counts = self._cell_arrays(adata, with_labels=False).counts
+        library = torch.from_numpy(np.asarray(counts.sum(1), dtype=np.float32))
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.module.eval()
+        n_pert, n_src = len(perturbations), adata.n_obs
+        expression = np.zeros((n_pert, n_samples, n_src, adata.n_vars), dtype=np.float32)
+        sampled = [[[] for _ in range(n_samples)] for _ in range(n_pert)]
+        start = 0
+        for batch in cell_loader(counts, batch_size):
+            z = self.module.embed_cells(batch)
+            stop = start + len(z)
+            lib = library[start:stop].to(self.device)
+            for p in range(n_pert):
+                output = self.module.decode(z, gene_sets[p].expand(len(z), -1))
+                mean = self.module.expression_from_output(output).cpu().numpy()
+                for s in range(n_samples):
+                    expression[p, s, start:stop] = mean
+                    draw = self.module.sample_counts(output, lib, generator).cpu().numpy()
+                    sampled[p][s].append(sp.csr_matrix(draw))
+            start = stop
+
+        n_rows = n_pert * n_samples * n_src
+        obs = pd.DataFrame(
+            {
+                "perturbation": pd.Categorical(
+                    np.repeat(perturbations, n_samples * n_src), categories=perturbations
+                ),
+                "source_cell": np.tile(np.asarray(adata.obs_names), n_pert * n_samples),
+                "sample": np.tile(np.repeat(np.arange(n_samples), n_src), n_pert),
+            },
+            index=pd.Index([f"pred_{i}" for i in range(n_rows)]),
+        )
+        for key in (self._setup_args["cell_type_key"], self._setup_args["batch_key"]):
+            if key is not None and key in adata.obs:
+                obs[key] = np.tile(np.asarray(adata.obs[key]), n_pert * n_samples)
+        counts_layer = sp.vstack([m for per_p in sampled for per_s in per_p for m in per_s])
+        result = AnnData(
+            X=expression.reshape(n_rows, adata.n_vars),
+            obs=obs,
+            var=pd.DataFrame(index=self._registered_var_names().copy()),
+            layers={"counts": sp.csr_matrix(counts_layer, dtype=np.float32)},
+        )
+        result.uns["pertx"] = {"expression": "log1p(normalize_total 1e4)", "n_samples": n_samples}
+        return result

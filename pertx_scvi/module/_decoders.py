@@ -1,0 +1,65 @@
+"""Decoders from cell embeddings (and perturbation embeddings) to expression of every gene."""
+
+import torch
+from torch import nn
+
+
+def mlp(d_in: int, d_hidden: int, d_out: int, dropout: float = 0.0, zero_last: bool = False):
+    """Two-layer GELU perceptron; ``zero_last`` starts its output at exactly zero."""
+    net = nn.Sequential(
+        nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out)
+    )
+    if zero_last:
+        nn.init.zeros_(net[-1].weight)
+        nn.init.zeros_(net[-1].bias)
+    return net
+
+
+class NextCellDecoder(nn.Module):
+    """Predicts the perturbed cell from its control source cell and the perturbation.
+
+    Output (in the likelihood's link space: NB logits or log-normalised values) is the sum of
+
+    - ``control(z)``: the source cell's state,
+    - ``mean_shift``: the average effect of any perturbation (the train-mean baseline),
+    - ``effect(z, p)``: the perturbation-specific residual, initialised at zero so that training
+      starts from the train-mean baseline and leaves it only where the data says so,
+    - a direct self term: a knockout lowers its own target gene when that gene is measured.
+
+    The last three are applied to perturbed cells only.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_genes: int,
+        d_hidden: int,
+        self_gene_index: torch.Tensor,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.control = mlp(d_model, d_hidden, n_genes, dropout)
+        self.mean_shift = nn.Parameter(torch.zeros(n_genes))
+        self.effect = mlp(2 * d_model, d_hidden, n_genes, dropout, zero_last=True)
+        self.self_effect = nn.Parameter(torch.zeros(()))
+        # Position of each perturbation gene among the measured genes, -1 when not measured.
+        self.register_buffer("self_gene_index", self_gene_index.long())
+
+    def self_term(self, gene_sets: torch.Tensor, n_genes: int) -> torch.Tensor:
+        """(batch, n_genes) tensor holding ``self_effect`` at each measured perturbed gene."""
+        measured = self.self_gene_index[gene_sets.clamp(min=0)]
+        measured = torch.where(gene_sets >= 0, measured, -1)
+        hit = (measured >= 0).float() * self.self_effect
+        out = torch.zeros(gene_sets.shape[0], n_genes + 1, device=gene_sets.device)
+        # Column n_genes collects the padding and unmeasured genes, then is dropped.
+        out.scatter_add_(1, torch.where(measured >= 0, measured, n_genes), hit)
+        return out[:, :n_genes]
+
+    def forward(
+        self, z: torch.Tensor, perturbation: torch.Tensor, gene_sets: torch.Tensor
+    ) -> torch.Tensor:
+        base = self.control(z)
+        is_perturbed = (gene_sets >= 0).any(1, keepdim=True).float()
+        residual = self.effect(torch.cat([z, perturbation], dim=-1))
+        shift = self.mean_shift + residual + self.self_term(gene_sets, base.shape[1])
+        return base + is_perturbed * shift

@@ -1,0 +1,68 @@
+"""Perturbation encoders: a perturbation is a set of genes, embedded gene by gene then pooled.
+
+Subclasses only say how to embed single genes (:meth:`PerturbationEncoder.embed_genes`) and
+which genes they can embed (:meth:`PerturbationEncoder.can_embed`); pooling over the members
+of a combination of any size, with a learned interaction term, is shared.
+"""
+
+import torch
+from torch import nn
+
+
+class PerturbationEncoder(nn.Module):
+    """Base class: embeds padded gene sets of shape (batch, max_set_size), ``-1`` = padding.
+
+    The embedding of a set is the sum of its genes' embeddings plus an interaction term computed
+    from that sum, applied only to sets of two or more genes. The interaction starts at zero so an
+    untrained model predicts combinations additively. The empty set (control) embeds to zero.
+    """
+
+    def __init__(self, n_genes: int, d_model: int):
+        super().__init__()
+        # Genes named by a training label; saved with the model so predictions can refuse or
+        # flag genes that were never perturbed.
+        self.register_buffer("trained_genes", torch.zeros(n_genes, dtype=torch.bool))
+        self.n_genes = n_genes
+        self.d_model = d_model
+        self.interaction = nn.Sequential(
+            nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, d_model)
+        )
+        nn.init.zeros_(self.interaction[-1].weight)
+        nn.init.zeros_(self.interaction[-1].bias)
+
+    def embed_genes(self, genes: torch.Tensor) -> torch.Tensor:
+        """Embeddings (len(genes), d_model) of vocabulary positions ``genes``."""
+        raise NotImplementedError
+
+    def can_embed(self) -> torch.Tensor:
+        """Boolean mask over the vocabulary: genes this encoder gives a meaningful embedding."""
+        return self.trained_genes
+
+    def forward(self, gene_sets: torch.Tensor) -> torch.Tensor:
+        valid = gene_sets >= 0
+        out = torch.zeros(gene_sets.shape[0], self.d_model, device=gene_sets.device)
+        if not valid.any():
+            return out
+        # Embed each distinct gene of the batch once, whatever the number of cells naming it.
+        genes, inverse = torch.unique(gene_sets[valid], return_inverse=True)
+        gene_vectors = self.embed_genes(genes)
+        member_vectors = torch.zeros(*gene_sets.shape, self.d_model, device=gene_sets.device)
+        member_vectors[valid] = gene_vectors[inverse]
+        total = member_vectors.sum(1)
+        is_combination = (valid.sum(1) > 1).unsqueeze(-1)
+        return total + is_combination * self.interaction(total)
+
+
+class GeneEmbeddingPerturbationEncoder(PerturbationEncoder):
+    """A free embedding per perturbed gene; only genes perturbed in training can be embedded.
+
+    The model refuses to predict other genes rather than return an untrained vector.
+    """
+
+    def __init__(self, n_genes: int, d_model: int):
+        super().__init__(n_genes, d_model)
+        self.embedding = nn.Embedding(n_genes, d_model)
+        nn.init.normal_(self.embedding.weight, std=0.1)
+
+    def embed_genes(self, genes: torch.Tensor) -> torch.Tensor:
+        return self.embedding(genes)
