@@ -1,0 +1,22 @@
+"""Gene graphs (prior knowledge) and gene embedding tables.
+
+:class:`GeneGraph` keeps a multi-relational gene graph as a pandas edge table (usable without
+torch) loaded from GO co-annotations, OmniPath, TRRUST, STRING or any edge list, maps gene ids
+to current symbols and converts to :class:`torch_geometric.data.Data` for the encoders.
+:func:`go_embedding` and :func:`read_gene_embedding` give per-gene vectors for genes the graph
+does not reach.
+"""
+
+from ._gene_graph import GeneGraph
+from ._go_embedding import go_embedding, read_gene_embedding
+from ._id_mapping import IdMapping, load_id_table
+from ._report import GraphReport
+
+__all__ = [
+    "GeneGraph",
+    "GraphReport",
+    "IdMapping",
+    "go_embedding",
+    "load_id_table",
+    "read_gene_embedding",
+]
