@@ -430,7 +430,9 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
         known = self.module.perturbation_encoder.can_embed().cpu().numpy()
         for label, genes in zip(perturbations, gene_sets, strict=True):
             positions = self.perturbation_genes.get_indexer(list(genes))
-            absent = [g for g, pos in zip(genes, positions, strict=True) if pos < 0 or not known[pos]]
+            absent = [
+                g for g, pos in zip(genes, positions, strict=True) if pos < 0 or not known[pos]
+            ]
             if absent:
                 raise ValueError(
                     f"cannot embed perturbation {label!r}: gene(s) {absent} were never perturbed "
@@ -529,4 +531,69 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
             layers={"counts": sp.csr_matrix(counts_layer, dtype=np.float32)},
         )
         result.uns["pertx"] = {"expression": "log1p(normalize_total 1e4)", "n_samples": n_samples}
+        return result
+
+    def evaluate(
+        self,
+        adata: AnnData | None = None,
+        perturbations: Sequence[str] | None = None,
+        baselines: Sequence[str] | dict | None = (
+            "control_mean",
+            "train_mean",
+            "additive",
+            "linear",
+            "graph_neighbour",
+        ),
+        gene_graph=None,
+        gene_embedding: pd.DataFrame | None = None,
+        n_top_de: int = 20,
+        batch_size: int = 256,
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """Score predictions of held-out perturbations against baselines fitted on the same cells.
+
+        Metrics (:func:`pertx_scvi.metrics.compare`) per perturbation in log1p(normalize_total
+        1e4) space: Pearson of Δ (all genes, top DE genes), MSE/MAE, direction match,
+        discrimination, DE-gene overlap. When training left some control cells out
+        (``train(control_cells=...)``), observed Δ is taken against those (split-control).
+
+        Parameters
+        ----------
+        adata
+            Cells with the held-out perturbations and controls; the registered AnnData by
+            default (then the methods see exactly the model's training cells).
+        perturbations
+            Labels to evaluate; defaults to the ones held out in training.
+        baselines
+            Names among ``control_mean``, ``train_mean``, ``additive``, ``linear``,
+            ``graph_neighbour`` (needs ``gene_graph``), or a dict name -> fitted baseline.
+        gene_graph
+            :class:`~pertx_scvi.GeneGraph` for the graph-neighbour baseline.
+        gene_embedding
+            Gene x dims table for the linear baseline.
+        n_top_de
+            Number of top DE genes for the ``*_top`` metrics.
+        batch_size, seed
+            Prediction batch size; seed of the strong-effect splits.
+
+        Returns
+        -------
+        Tidy DataFrame (method, perturbation, metric, value, strong_effect, ...), also stored
+        in ``adata.uns["pertx_evaluation"]``. Summarise with :func:`pertx_scvi.metrics.summarize`.
+        """
+        from ._evaluate import evaluate_model
+
+        result = evaluate_model(
+            self,
+            adata,
+            perturbations,
+            baselines,
+            gene_graph,
+            gene_embedding,
+            n_top_de,
+            batch_size,
+            seed,
+        )
+        target = self.adata if adata is None else adata
+        target.uns["pertx_evaluation"] = result
         return result

@@ -18,15 +18,18 @@ def mlp(d_in: int, d_hidden: int, d_out: int, dropout: float = 0.0, zero_last: b
 class NextCellDecoder(nn.Module):
     """Predicts the perturbed cell from its control source cell and the perturbation.
 
-    Output (in the likelihood's link space: NB logits or log-normalised values) is the sum of
+    Output (in the likelihood's link space: NB logits or log-normalised values) is
 
-    - ``control(z)``: the source cell's state,
-    - ``mean_shift``: the average effect of any perturbation (the train-mean baseline),
-    - ``effect(z, p)``: the perturbation-specific residual, initialised at zero so that training
-      starts from the train-mean baseline and leaves it only where the data says so,
-    - a direct self term: a knockout lowers its own target gene when that gene is measured.
+    ``control(z) + sum over member genes g of [mean_shift + effect(z, e_g) + self_g]
+    + [2+ genes] interaction(z, pooled)``
 
-    The last three are applied to perturbed cells only.
+    - ``control(z)``: the source cell's state;
+    - ``mean_shift``: the average effect of a perturbed gene (the train-mean baseline);
+    - ``effect(z, e_g)``: the gene-specific residual, initialised at zero so that training
+      starts from the train-mean baseline and leaves it only where the data says so;
+    - ``self_g``: a knockout lowers its own target gene when that gene is measured;
+    - ``interaction``: zero at initialisation, so an unseen combination starts as the sum of
+      its genes' effects (the additive baseline) and learns a correction from trained ones.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class NextCellDecoder(nn.Module):
         self.control = mlp(d_model, d_hidden, n_genes, dropout)
         self.mean_shift = nn.Parameter(torch.zeros(n_genes))
         self.effect = mlp(2 * d_model, d_hidden, n_genes, dropout, zero_last=True)
+        self.interaction = mlp(2 * d_model, d_hidden, n_genes, dropout, zero_last=True)
         self.self_effect = nn.Parameter(torch.zeros(()))
         # Position of each perturbation gene among the measured genes, -1 when not measured.
         self.register_buffer("self_gene_index", self_gene_index.long())
@@ -56,10 +60,24 @@ class NextCellDecoder(nn.Module):
         return out[:, :n_genes]
 
     def forward(
-        self, z: torch.Tensor, perturbation: torch.Tensor, gene_sets: torch.Tensor
+        self,
+        z: torch.Tensor,
+        members: torch.Tensor,
+        pooled: torch.Tensor,
+        gene_sets: torch.Tensor,
     ) -> torch.Tensor:
-        base = self.control(z)
-        is_perturbed = (gene_sets >= 0).any(1, keepdim=True).float()
-        residual = self.effect(torch.cat([z, perturbation], dim=-1))
-        shift = self.mean_shift + residual + self.self_term(gene_sets, base.shape[1])
-        return base + is_perturbed * shift
+        """Decoder output for sources ``z`` (B, d), member-gene embeddings (B, K, d), set
+        embeddings ``pooled`` (B, d) and the padded gene sets (B, K)."""
+        out = self.control(z)
+        valid = gene_sets >= 0
+        if not valid.any():
+            return out
+        n_members = valid.sum(1, keepdim=True).float()
+        # Gene-specific residuals only for real members (padding contributes nothing).
+        rows, slots = valid.nonzero(as_tuple=True)
+        residual = torch.zeros_like(out).index_add_(
+            0, rows, self.effect(torch.cat([z[rows], members[rows, slots]], dim=-1))
+        )
+        out = out + n_members * self.mean_shift + residual + self.self_term(gene_sets, out.shape[1])
+        is_combination = (n_members > 1).float()
+        return out + is_combination * self.interaction(torch.cat([z, pooled], dim=-1))

@@ -97,7 +97,9 @@ class PertTXModule(BaseModuleClass):
 
     def decode(self, z: torch.Tensor, gene_sets: torch.Tensor) -> torch.Tensor:
         """Link-space output of the next-cell decoder for sources ``z`` and perturbations."""
-        return self.decoder(z, self.perturbation_encoder(gene_sets), gene_sets)
+        members = self.perturbation_encoder.member_vectors(gene_sets)
+        pooled = self.perturbation_encoder.pool(members, gene_sets)
+        return self.decoder(z, members, pooled, gene_sets)
 
     def expression_from_output(self, output: torch.Tensor) -> torch.Tensor:
         """Predicted mean expression, log1p(normalize_total 1e4), from decoder output."""
@@ -176,6 +178,10 @@ class PertTXModule(BaseModuleClass):
                 inference_outputs["mlm_mask"],
             )
         weighted = {name: self.loss_weights[name] * value for name, value in terms.items()}
+        regularization = self.perturbation_encoder.regularization_loss()
+        if regularization is not None:
+            # A per-batch scalar, spread over cells so LossOutput keeps one value per cell.
+            weighted["graph"] = regularization.expand(next_cell.shape[0])
         total = sum(value.mean() for value in weighted.values())
         return LossOutput(loss=total, reconstruction_loss=weighted)
 

@@ -38,19 +38,28 @@ class PerturbationEncoder(nn.Module):
         """Boolean mask over the vocabulary: genes this encoder gives a meaningful embedding."""
         return self.trained_genes
 
-    def forward(self, gene_sets: torch.Tensor) -> torch.Tensor:
+    def regularization_loss(self) -> torch.Tensor | None:
+        """Optional extra training loss of the encoder (e.g. graph link prediction); None here."""
+        return None
+
+    def member_vectors(self, gene_sets: torch.Tensor) -> torch.Tensor:
+        """Embeddings (batch, max_set_size, d_model) of each member gene, zero at padding."""
         valid = gene_sets >= 0
-        out = torch.zeros(gene_sets.shape[0], self.d_model, device=gene_sets.device)
-        if not valid.any():
-            return out
-        # Embed each distinct gene of the batch once, whatever the number of cells naming it.
-        genes, inverse = torch.unique(gene_sets[valid], return_inverse=True)
-        gene_vectors = self.embed_genes(genes)
-        member_vectors = torch.zeros(*gene_sets.shape, self.d_model, device=gene_sets.device)
-        member_vectors[valid] = gene_vectors[inverse]
-        total = member_vectors.sum(1)
-        is_combination = (valid.sum(1) > 1).unsqueeze(-1)
+        out = torch.zeros(*gene_sets.shape, self.d_model, device=gene_sets.device)
+        if valid.any():
+            # Embed each distinct gene of the batch once, whatever the number of cells naming it.
+            genes, inverse = torch.unique(gene_sets[valid], return_inverse=True)
+            out[valid] = self.embed_genes(genes)[inverse]
+        return out
+
+    def pool(self, members: torch.Tensor, gene_sets: torch.Tensor) -> torch.Tensor:
+        """Set embedding: sum of members plus the interaction term for sets of 2+ genes."""
+        total = members.sum(1)
+        is_combination = ((gene_sets >= 0).sum(1) > 1).unsqueeze(-1)
         return total + is_combination * self.interaction(total)
+
+    def forward(self, gene_sets: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.member_vectors(gene_sets), gene_sets)
 
 
 class GeneEmbeddingPerturbationEncoder(PerturbationEncoder):

@@ -29,7 +29,9 @@ def resolve_backend(backend: AttentionBackend) -> str:
     if backend == "auto":
         return "flash" if flash_attn_available() else "sdpa"
     if backend not in _BACKENDS:
-        raise ValueError(f"attention_backend must be one of {('auto',) + _BACKENDS}, got {backend!r}")
+        raise ValueError(
+            f"attention_backend must be one of {('auto',) + _BACKENDS}, got {backend!r}"
+        )
     if backend == "flash" and not flash_attn_available():
         raise ImportError(
             "attention_backend='flash' needs the flash-attn package and a CUDA device; "
@@ -60,7 +62,9 @@ class MultiHeadSelfAttention(nn.Module):
         self.out = nn.Linear(d_model, d_model)
         self.backend = backend
 
-    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Attend over ``x`` of shape (batch, length, d_model); ``key_padding_mask`` is True at pads."""
         batch, length, d_model = x.shape
         qkv = self.qkv(x).view(batch, length, 3, self.n_heads, self.head_dim)
@@ -93,9 +97,7 @@ class MultiHeadSelfAttention(nn.Module):
         lengths = keep.sum(1, dtype=torch.int32)
         cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
         packed = qkv[keep].to(half)
-        out = flash_attn_varlen_qkvpacked_func(
-            packed, cu_seqlens, int(lengths.max())
-        ).to(dtype)
+        out = flash_attn_varlen_qkvpacked_func(packed, cu_seqlens, int(lengths.max())).to(dtype)
         full = out.new_zeros(batch, length, *out.shape[1:])
         full[keep] = out
         return full
@@ -117,7 +119,9 @@ class TransformerLayer(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = x + self.dropout(self.attention(self.norm_attention(x), key_padding_mask))
         return x + self.dropout(self.feedforward(self.norm_feedforward(x)))
 
@@ -152,7 +156,9 @@ class TransformerEncoder(nn.Module):
         for layer in self.layers:
             layer.attention.backend = resolved
 
-    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         for layer in self.layers:
             x = layer(x, key_padding_mask)
         return self.norm(x)

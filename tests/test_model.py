@@ -1,0 +1,188 @@
+"""PertTX end to end on simulated data: training, outputs, quality, save/load."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+
+import pertx_scvi as px
+
+SMALL_MODEL = {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_hidden": 64, "dropout": 0.0}
+SIM = {
+    "n_genes": 100,
+    "n_regulators": 20,
+    "n_modules": 5,
+    "n_cells_per_perturbation": 40,
+    "n_control_cells": 300,
+    "n_combinations": 5,
+    "seed": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    return px.datasets.simulate(**SIM)
+
+
+def _single_gene_not_in_combinations(labels):
+    in_combinations = {gene for label in labels if "+" in label for gene in label.split("+")}
+    return next(
+        label for label in labels if label.startswith("REG") and label not in in_combinations
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(simulated):
+    adata, truth, _ = simulated
+    adata = adata.copy()
+    holdout = _single_gene_not_in_combinations(list(truth.index))
+    px.PertTX.setup_anndata(adata, perturbation_key="perturbation", control_group="control")
+    model = px.PertTX(adata, **SMALL_MODEL)
+    model.train(max_epochs=20, holdout_perturbations=[holdout], validation_size=0.1)
+    return model, adata, truth, holdout
+
+
+def _log_normalized_mean(adata):
+    normalized = sc.pp.log1p(sc.pp.normalize_total(adata, target_sum=1e4, copy=True), copy=True)
+    return np.asarray(normalized.X.mean(0)).ravel()
+
+
+def test_history_has_per_term_losses_every_epoch(trained):
+    model, _, _, _ = trained
+    history = model.history
+    for key in ("train_loss", "next_cell_train", "mlm_train", "validation_loss"):
+        assert key in history, key
+        assert len(history[key]) == 20
+    first, last = history["train_loss"].iloc[0, 0], history["train_loss"].iloc[-1, 0]
+    assert last < first
+
+
+def test_split_keeps_holdout_out_of_training(trained):
+    model, adata, _, holdout = trained
+    held = np.flatnonzero(adata.obs["perturbation"].to_numpy() == holdout)
+    assert np.array_equal(np.sort(model.test_indices), held)
+    assert not np.intersect1d(model.train_indices, held).size
+    assert not np.intersect1d(model.validation_indices, held).size
+    assert model.holdout_perturbations_ == [holdout]
+
+
+def test_latent_representation_works_with_scanpy(trained):
+    model, adata, _, holdout = trained
+    latent = model.get_latent_representation()
+    assert latent.shape == (adata.n_obs, 32)
+    assert np.isfinite(latent).all()
+    view = adata.copy()
+    view.obsm["X_pertx"] = latent
+    sc.pp.neighbors(view, use_rep="X_pertx", n_neighbors=10)
+    assert view.obsp["connectivities"].shape == (adata.n_obs, adata.n_obs)
+
+
+def test_predict_perturbation_output_layout(trained):
+    model, adata, _, holdout = trained
+    ctrl = adata[adata.obs["perturbation"] == "control"][:50]
+    pred = model.predict_perturbation(ctrl, ["REG08", "REG08+REG02"], n_samples=2)
+    assert pred.shape == (2 * 2 * 50, adata.n_vars)
+    assert list(pred.var_names) == list(adata.var_names)
+    assert list(pred.obs["perturbation"].cat.categories) == ["REG08", "REG08+REG02"]
+    assert (pred.obs["perturbation"].iloc[:100] == "REG08").all()
+    assert list(pred.obs["source_cell"].iloc[:50]) == list(ctrl.obs_names)
+    assert set(pred.obs["sample"]) == {0, 1}
+    # X is log1p(normalize_total 1e4): expm1 rows sum to 1e4.
+    assert np.allclose(np.expm1(pred.X).sum(1), 1e4, rtol=1e-3)
+    counts = pred.layers["counts"].toarray()
+    assert (counts >= 0).all() and np.array_equal(counts, np.round(counts))
+    # Sampled counts keep each source cell's library size on average.
+    library = np.asarray(ctrl.X.sum(1)).ravel()
+    assert np.corrcoef(counts[:50].sum(1), library)[0, 1] > 0.5
+
+
+def test_unseen_combination_of_trained_genes_is_predicted(trained):
+    model, adata, _, holdout = trained
+    ctrl = adata[adata.obs["perturbation"] == "control"][:20]
+    pred = model.predict_perturbation(ctrl, ["REG03+REG05+REG07"])
+    assert pred.n_obs == 20 and np.isfinite(pred.X).all()
+    ab = model.get_perturbation_embedding(["REG03+REG05", "REG05+REG03", "ctrl+REG05+REG03"])
+    assert np.allclose(ab[0], ab[1]) and np.allclose(ab[0], ab[2])
+
+
+def test_held_out_gene_without_graph_is_a_clear_error(trained):
+    model, adata, _, holdout = trained
+    ctrl = adata[adata.obs["perturbation"] == "control"][:5]
+    with pytest.raises(ValueError, match=f"{holdout}.*gene graph"):
+        model.predict_perturbation(ctrl, [holdout])
+    with pytest.raises(ValueError, match="NOT_A_GENE"):
+        model.predict_perturbation(ctrl, ["REG08+NOT_A_GENE"])
+
+
+def test_seen_perturbations_match_simulated_truth(trained):
+    """Mean Pearson of predicted vs true deltas >= 0.5 and >= 0.3 above shuffled labels."""
+    model, adata, truth, holdout = trained
+    ctrl = adata[adata.obs["perturbation"] == "control"]
+    labels = [label for label in truth.index if label != holdout]
+    pred = model.predict_perturbation(ctrl, labels)
+    control_mean = _log_normalized_mean(ctrl)
+    predicted = pred.to_df().groupby(pred.obs["perturbation"].to_numpy()).mean()
+    delta = predicted.loc[labels].to_numpy() - control_mean
+    true = truth.loc[labels].to_numpy()
+    matched = np.mean([np.corrcoef(d, t)[0, 1] for d, t in zip(delta, true, strict=True)])
+    shuffled_order = np.random.default_rng(0).permutation(len(labels))
+    shuffled = np.mean(
+        [np.corrcoef(d, t)[0, 1] for d, t in zip(delta[shuffled_order], true, strict=True)]
+    )
+    assert matched >= 0.5, matched
+    assert matched >= shuffled + 0.3, (matched, shuffled)
+
+
+def test_save_load_gives_identical_predictions(trained, tmp_path):
+    model, adata, _, holdout = trained
+    ctrl = adata[adata.obs["perturbation"] == "control"][:30]
+    before = model.predict_perturbation(ctrl, ["REG08", "REG02+REG04"], seed=3)
+    model.save(tmp_path / "run1", overwrite=True)
+    loaded = px.PertTX.load(tmp_path / "run1", adata=adata)
+    after = loaded.predict_perturbation(ctrl, ["REG08", "REG02+REG04"], seed=3)
+    np.testing.assert_array_equal(before.X, after.X)
+    np.testing.assert_array_equal(
+        before.layers["counts"].toarray(), after.layers["counts"].toarray()
+    )
+    assert loaded.holdout_perturbations_ == [holdout]
+    with pytest.raises(ValueError, match=holdout):
+        loaded.predict_perturbation(ctrl, [holdout])
+
+
+def test_predicting_on_other_genes_is_an_error(trained):
+    model, adata, _, holdout = trained
+    other = adata[adata.obs["perturbation"] == "control"][:5, :50].copy()
+    with pytest.raises(ValueError, match="lacks 50 of the 100 genes"):
+        model.predict_perturbation(other, ["REG08"])
+    # The same genes in another order are aligned, not refused.
+    shuffled = adata[adata.obs["perturbation"] == "control"][:5].copy()
+    shuffled = shuffled[:, shuffled.var_names[::-1]].copy()
+    a = model.predict_perturbation(shuffled, ["REG08"])
+    b = model.predict_perturbation(adata[shuffled.obs_names], ["REG08"])
+    np.testing.assert_allclose(a.X, b.X, rtol=1e-5, atol=1e-5)
+
+
+def test_mse_likelihood_trains_and_predicts(simulated):
+    adata = simulated[0][:800].copy()
+    px.PertTX.setup_anndata(adata, perturbation_key="perturbation", control_group="control")
+    model = px.PertTX(adata, likelihood="mse", mlm_weight=0.0, **SMALL_MODEL)
+    model.train(max_epochs=2, validation_size=0.0, enable_progress_bar=False)
+    assert "mlm_train" not in model.history
+    pred = model.predict_perturbation(adata[:10], ["REG08"])
+    assert (pred.X >= 0).all() and (pred.layers["counts"].toarray() >= 0).all()
+
+
+def test_phenotype_and_cell_type_columns_register(simulated):
+    adata = px.datasets.simulate(**{**SIM, "n_cell_types": 2})[0][:1500].copy()
+    px.PertTX.setup_anndata(
+        adata,
+        perturbation_key="perturbation",
+        control_group="control",
+        cell_type_key="cell_type",
+        phenotype_keys=["phenotype"],
+    )
+    model = px.PertTX(adata, **SMALL_MODEL)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    pred = model.predict_perturbation(adata[adata.obs["perturbation"] == "control"][:10], ["REG08"])
+    assert "cell_type" in pred.obs
+    assert pd.Series(pred.obs["cell_type"]).notna().all()
