@@ -1,6 +1,15 @@
 """Training plan, optimisers and learning-rate schedules."""
 
+from ._logging import EmbeddingUmapCallback, make_loggers, resolve_precision
+from ._optimizers import make_optimizer
 from ._plan import PertTXTrainingPlan
 from ._schedules import lr_multiplier
 
-__all__ = ["PertTXTrainingPlan", "lr_multiplier"]
+__all__ = [
+    "EmbeddingUmapCallback",
+    "PertTXTrainingPlan",
+    "lr_multiplier",
+    "make_loggers",
+    "make_optimizer",
+    "resolve_precision",
+]

@@ -1,9 +1,9 @@
-"""Training plan: AdamW with warm-up and a decay schedule; every loss term logged per epoch."""
+"""Training plan: an optimiser with warm-up and a decay schedule; every loss term logged per epoch."""
 
-import torch
 from scvi.train import TrainingPlan
 from torch.optim.lr_scheduler import LambdaLR
 
+from ._optimizers import OptimizerName, make_optimizer
 from ._schedules import Schedule, lr_multiplier
 
 
@@ -14,6 +14,8 @@ class PertTXTrainingPlan(TrainingPlan):
     ----------
     module
         The PertTX module.
+    optimizer
+        ``"adamw"`` (default), ``"lion"`` (lion-pytorch) or ``"prodigy"`` (prodigyopt).
     lr
         Peak learning rate.
     weight_decay
@@ -28,6 +30,7 @@ class PertTXTrainingPlan(TrainingPlan):
         self,
         module,
         *,
+        optimizer: OptimizerName = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
         lr_schedule: Schedule = "cosine",
@@ -35,12 +38,13 @@ class PertTXTrainingPlan(TrainingPlan):
         **kwargs,
     ):
         super().__init__(module, optimizer="AdamW", lr=lr, weight_decay=weight_decay, **kwargs)
+        self.optimizer_name = optimizer
         self.lr_schedule = lr_schedule
         self.warmup_fraction = warmup_fraction
 
     def configure_optimizers(self):
         params = [p for p in self.module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = make_optimizer(self.optimizer_name, params, self.lr, self.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(self.warmup_fraction * total)
         scheduler = LambdaLR(optimizer, lr_multiplier(self.lr_schedule, total, warmup))
