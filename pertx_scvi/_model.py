@@ -23,8 +23,10 @@ from . import _validation as check
 from ._constants import REGISTRY_KEYS
 from ._labels import DEFAULT_CONTROL_TOKENS, gene_set_matrix, parse_perturbation
 from .data import CellArrays, ControlSampler, PerturbationDataModule, cell_loader, split_cells
+from ._graph_setup import build_graph_setup, make_perturbation_encoder, resolve_encoder_kind
+from .graphs import GeneGraph
 from .module import PertTXModule
-from .train import PertTXTrainingPlan
+from .train import PertTXTrainingPlan, make_loggers, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +58,81 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
         ``"auto"`` (flash-attn on CUDA when installed, else SDPA), ``"sdpa"``, ``"native"``
         or ``"flash"``.
     likelihood
-        ``"nb"`` (negative binomial on counts) or ``"mse"`` (squared error on
-        log1p(normalize_total) values).
+        ``"nb"`` (negative binomial on counts), ``"zinb"`` (zero-inflated negative binomial:
+        a per-gene-per-cell dropout probability predicted from the source cell and the
+        perturbation) or ``"mse"`` (squared error on log1p(normalize_total) values).
     mask_ratio
         Share of genes hidden for masked-expression reconstruction.
     next_cell_weight, mlm_weight
         Loss weights of next-cell prediction and masked-expression reconstruction.
+    cell_type_weight
+        Cell-type classification from the cell embedding (target and source cells); active
+        when ``cell_type_key`` names two or more types at setup.
+    next_cell_type_weight
+        Cell-type classification of the predicted next cell: a predictor maps (source
+        embedding, perturbation embedding) to the perturbed cell's embedding and the
+        cell-type classifier reads it.
+    perturbation_weight
+        Classification of the perturbation label from the perturbed cell's embedding.
+    phenotype_weight
+        Regression of the ``phenotype_keys`` scores (standardised) from the cell embedding;
+        active when ``phenotype_keys`` were registered.
+    next_phenotype_weight
+        Regression of the perturbed cell's phenotype from the predicted next-cell embedding
+        (:meth:`predict_phenotype` with ``perturbations``).
+    next_embedding_weight
+        Squared error between the predicted next-cell embedding and the perturbed cell's own
+        embedding (held fixed, so the encoder cannot collapse embeddings to lower it).
+    contrastive_weight, contrastive_temperature
+        Supervised contrastive term on cell embeddings (cells of a label attract, others repel)
+        and its temperature.
+    triplet_weight, triplet_margin
+        Batch-hard triplet term on cell embeddings and its margin.
+    contrastive_labels
+        Labels of the contrastive and triplet terms: ``"perturbation"`` or ``"cell_type"``.
+    gene_graph
+        Prior gene graph(s) for the perturbation encoder: a :class:`~pertx_scvi.GeneGraph`
+        (e.g. ``GeneGraph.from_gears_go(...) | GeneGraph.from_omnipath(...)``), a graph file
+        (read with :meth:`GeneGraph.read`) or a list of them (one view each). Genes of the
+        graph become perturbation genes: genes never perturbed in training are embedded through
+        their neighbours and can be predicted. Travels with the model on :meth:`save`.
+    gene_embedding
+        Pretrained gene vectors, genes x dims (a DataFrame, e.g.
+        :func:`pertx_scvi.graphs.go_embedding`, or a file for
+        :func:`pertx_scvi.graphs.read_gene_embedding`): the input vectors of the genes found
+        there (frozen; ``model.module.perturbation_encoder.unfreeze()`` fine-tunes them),
+        learned vectors for the others. Genes without a graph edge still get informed vectors.
+    perturbation_encoder
+        ``"label"`` (a free vector per perturbed gene; only trained genes can be predicted),
+        ``"rgcn"`` (relational GCN over one graph whose relations are kept apart),
+        ``"multiview"`` (one propagation per graph, fused by view attention; a single graph is
+        split into one view per relation) or ``"auto"``: ``rgcn`` with one graph or a table
+        only, ``multiview`` with a list of graphs, ``label`` with neither.
+    graph_hops
+        Message-passing steps K (each step reaches one hop further).
+    graph_weight
+        Weight of the link-prediction regulariser on the graph node embeddings (0: off);
+        logged as the ``graph`` loss term.
+    id_table
+        Id table (``human_gene_ids.tsv.gz`` or a DataFrame ``id, id_type, symbol``) to match
+        names between the data and the graphs / table (``MARCH8`` is ``MARCHF8`` in the
+        graphs); None: exact names only.
+    graph_max_neighbours
+        In-edges kept per gene and relation, heaviest first (OmniPath hubs have thousands);
+        None keeps all.
+    graph_self_dropout
+        During training, probability of embedding a perturbed gene from its neighbours only
+        (its own input vector hidden, theirs kept), so that the encoder learns to embed genes
+        the way it must embed unseen ones.
+    graph_kwargs
+        Further arguments of the graph encoder (e.g. ``n_bases``, ``n_link_samples``; see
+        :class:`~pertx_scvi.module.GraphPerturbationEncoder`).
+
+    Notes
+    -----
+    A loss weight of 0 removes that term from training and skips its computation; each term
+    with a positive weight is logged per epoch in ``model.history`` as ``<term>_train`` (and
+    ``<term>_validation``).
 
     Examples
     --------
@@ -92,18 +163,63 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
         mask_ratio: float = 0.15,
         next_cell_weight: float = 1.0,
         mlm_weight: float = 1.0,
+        cell_type_weight: float = 1.0,
+        next_cell_type_weight: float = 1.0,
+        perturbation_weight: float = 0.0,
+        phenotype_weight: float = 1.0,
+        next_phenotype_weight: float = 1.0,
+        next_embedding_weight: float = 1.0,
+        contrastive_weight: float = 0.0,
+        triplet_weight: float = 0.0,
+        contrastive_labels: str = "perturbation",
+        contrastive_temperature: float = 0.1,
+        triplet_margin: float = 0.2,
+        gene_graph: GeneGraph | list[GeneGraph] | str | None = None,
+        gene_embedding: pd.DataFrame | str | None = None,
+        perturbation_encoder: str = "auto",
+        graph_hops: int = 2,
+        graph_weight: float = 0.0,
+        id_table: str | pd.DataFrame | None = None,
+        graph_max_neighbours: int | None = 32,
+        graph_self_dropout: float = 0.5,
+        graph_kwargs: dict | None = None,
     ):
         super().__init__(adata, registry)
         if adata is None:
             raise ValueError("PertTX needs the AnnData it was set up with: PertTX(adata)")
         setup = self.registry_["setup_args"]
-        if likelihood == "nb":
+        if likelihood in ("nb", "zinb"):
             check.check_counts(check.get_matrix(adata, setup["layer"]), setup["layer"], True)
 
         self.gene_names = self._gene_names(adata)
         labels = self._label_categories()
         self._label_genes = [self._parse(label) for label in labels]
-        vocabulary = sorted({g for genes in self._label_genes for g in genes})
+        label_genes = sorted({g for genes in self._label_genes for g in genes})
+        encoder_kind = resolve_encoder_kind(perturbation_encoder, gene_graph, gene_embedding)
+        pert_encoder, self.graph_setup_ = None, None
+        if encoder_kind == "label":
+            vocabulary = pd.Index(label_genes, name="gene")
+        else:
+            # Vocabulary: label genes, graph genes and table genes (data names where they differ).
+            self.graph_setup_ = build_graph_setup(
+                label_genes,
+                self.gene_names,
+                gene_graph,
+                gene_embedding,
+                kind=encoder_kind,
+                id_table=id_table,
+                max_neighbours=graph_max_neighbours,
+            )
+            vocabulary = self.graph_setup_.vocabulary
+            pert_encoder = make_perturbation_encoder(
+                self.graph_setup_,
+                d_model,
+                n_hops=graph_hops,
+                graph_weight=graph_weight,
+                dropout=dropout,
+                self_dropout=graph_self_dropout,
+                **(graph_kwargs or {}),
+            )
         self.perturbation_genes = pd.Index(vocabulary, name="gene")
         self._label_gene_sets = gene_set_matrix(self._label_genes, self.perturbation_genes)
         self_gene_index = torch.from_numpy(self.gene_names.get_indexer(self.perturbation_genes))
@@ -112,6 +228,7 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
             n_genes=adata.n_vars,
             n_perturbation_genes=len(self.perturbation_genes),
             self_gene_index=self_gene_index,
+            perturbation_encoder=pert_encoder,
             d_model=d_model,
             n_heads=n_heads,
             n_layers=n_layers,
@@ -122,13 +239,25 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
             mask_ratio=mask_ratio,
             next_cell_weight=next_cell_weight,
             mlm_weight=mlm_weight,
+            **self._head_sizes(adata),
+            cell_type_weight=cell_type_weight,
+            next_cell_type_weight=next_cell_type_weight,
+            perturbation_weight=perturbation_weight,
+            phenotype_weight=phenotype_weight,
+            next_phenotype_weight=next_phenotype_weight,
+            next_embedding_weight=next_embedding_weight,
+            contrastive_weight=contrastive_weight,
+            triplet_weight=triplet_weight,
+            contrastive_labels=contrastive_labels,
+            contrastive_temperature=contrastive_temperature,
+            triplet_margin=triplet_margin,
         )
         self.holdout_perturbations_: list[str] = []
         self._model_summary_string = (
             f"PertTX: {adata.n_vars} genes, {len(labels)} perturbation labels over "
             f"{len(self.perturbation_genes)} genes, d_model={d_model}, n_layers={n_layers}, "
             f"n_heads={n_heads}, likelihood={likelihood}, "
-            f"attention={self.module.encoder.backend}"
+            f"attention={self.module.encoder.backend}, perturbation encoder={encoder_kind}"
         )
         self.init_params_ = self._get_init_params(locals())
 
@@ -285,6 +414,7 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
         holdout_perturbations: Sequence[str] | None = None,
         validation_size: float = 0.1,
         batch_size: int = 64,
+        optimizer: str = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
         lr_schedule: str = "cosine",
@@ -295,6 +425,8 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
         control_cells: np.ndarray | None = None,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
+        precision: str | int | None = None,
+        logger=None,
         seed: int = 0,
         plan_kwargs: dict | None = None,
         **trainer_kwargs,
@@ -311,8 +443,10 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
             Share of the remaining cells used for validation (loss logged every epoch).
         batch_size
             Pairs per mini-batch.
+        optimizer
+            ``"adamw"``, ``"lion"`` (lion-pytorch) or ``"prodigy"`` (prodigyopt; use ``lr=1``).
         lr, weight_decay, lr_schedule, warmup_fraction
-            AdamW settings and the schedule after linear warm-up (``"cosine"``, ``"step"``,
+            Optimiser settings and the schedule after linear warm-up (``"cosine"``, ``"step"``,
             ``"constant"``).
         early_stopping, early_stopping_patience
             Stop when ``validation_loss`` has not improved for that many epochs.
@@ -323,6 +457,13 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
             and targets); the others are left out, e.g. to measure effects against them later.
         accelerator, devices
             Passed to Lightning.
+        precision
+            Lightning precision; default ``"bf16-mixed"`` on a GPU that supports it, ``32`` on CPU
+            (mixed precision is GPU-only: on CPU it is slower, not faster).
+        logger
+            ``None`` (epoch metrics in ``model.history``), ``"wandb"`` (also Weights & Biases,
+            with a UMAP of validation-cell embeddings at each validation), ``"tensorboard"``,
+            ``"csv"``, or any Lightning logger. ``model.history`` is kept in every case.
         seed
             Seed of the validation split and of the pairing.
         plan_kwargs
@@ -368,6 +509,7 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
 
         plan = self._training_plan_cls(
             self.module,
+            optimizer=optimizer,
             lr=lr,
             weight_decay=weight_decay,
             lr_schedule=lr_schedule,
@@ -381,6 +523,10 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
                 raise ValueError("early_stopping needs a validation set: set validation_size > 0")
             trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
             trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
+        trainer_kwargs["precision"] = resolve_precision(precision, accelerator)
+        loggers, callbacks = make_loggers(logger, self, val_idx)
+        trainer_kwargs["logger"] = loggers
+        trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *callbacks]
         runner = self._train_runner_cls(
             self,
             training_plan=plan,
@@ -433,6 +579,13 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
             absent = [
                 g for g, pos in zip(genes, positions, strict=True) if pos < 0 or not known[pos]
             ]
+            if absent and getattr(self.module.perturbation_encoder, "has_prior", False):
+                raise ValueError(
+                    f"cannot embed perturbation {label!r}: gene(s) {absent} were never perturbed "
+                    "in training and are in neither the gene graph nor the gene embedding table "
+                    "of this model (names are matched as in the data; pass id_table= to "
+                    "PertTX to match aliases and outdated symbols)"
+                )
             if absent:
                 raise ValueError(
                     f"cannot embed perturbation {label!r}: gene(s) {absent} were never perturbed "
@@ -477,9 +630,13 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
         Returns
         -------
         AnnData with one row per source cell, perturbation and sample (perturbation-major):
-        ``X`` predicted mean expression as log1p(normalize_total 1e4), ``layers["counts"]``
-        counts sampled from the likelihood with the source cell's library size,
-        ``obs["perturbation"]``, ``obs["source_cell"]`` and ``obs["sample"]``.
+        ``X`` predicted mean expression as log1p(normalize_total 1e4) (for ZINB the mean of
+        the zero-inflated counts), ``layers["counts"]`` counts sampled from the likelihood
+        (dropout included for ZINB) with the source cell's library size,
+        ``obs["perturbation"]``, ``obs["source_cell"]`` and ``obs["sample"]``. Where the
+        model has the heads: ``obs["predicted_<cell_type_key>"]`` and
+        ``obsm["<cell_type_key>_probabilities"]`` (cell type of the predicted cell), and
+        ``obs["predicted_<phenotype key>"]`` (its phenotype scores).
         """
         self._check_if_trained(warn=True)
         perturbations = [str(p) for p in perturbations]
@@ -495,18 +652,27 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
         n_pert, n_src = len(perturbations), adata.n_obs
         expression = np.zeros((n_pert, n_samples, n_src, adata.n_vars), dtype=np.float32)
         sampled = [[[] for _ in range(n_samples)] for _ in range(n_pert)]
+        heads: dict[str, list] = {}
         start = 0
         for batch in cell_loader(counts, batch_size):
             z = self.module.embed_cells(batch)
             stop = start + len(z)
             lib = library[start:stop].to(self.device)
             for p in range(n_pert):
-                output = self.module.decode(z, gene_sets[p].expand(len(z), -1))
-                mean = self.module.expression_from_output(output).cpu().numpy()
+                predicted = self.module.predict_next(z, gene_sets[p].expand(len(z), -1))
+                output, dropout = predicted["output"], predicted.get("dropout_logits")
+                mean = self.module.expression_from_output(output, dropout).cpu().numpy()
                 for s in range(n_samples):
                     expression[p, s, start:stop] = mean
-                    draw = self.module.sample_counts(output, lib, generator).cpu().numpy()
-                    sampled[p][s].append(sp.csr_matrix(draw))
+                    draw = self.module.sample_counts(output, lib, generator, dropout)
+                    sampled[p][s].append(sp.csr_matrix(draw.cpu().numpy()))
+                if "next_z" in predicted:
+                    for name, value in self.module.predict_heads(
+                        predicted["next_z"], next_cell=True
+                    ).items():
+                        heads.setdefault(name, [[] for _ in range(n_pert)])[p].append(
+                            value.cpu().numpy()
+                        )
             start = stop
 
         n_rows = n_pert * n_samples * n_src
@@ -531,6 +697,126 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
             layers={"counts": sp.csr_matrix(counts_layer, dtype=np.float32)},
         )
         result.uns["pertx"] = {"expression": "log1p(normalize_total 1e4)", "n_samples": n_samples}
+        for name, per_p in heads.items():
+            # (n_pert, n_src, k) -> one row per perturbation, sample and source cell.
+            values = np.stack([np.concatenate(chunks) for chunks in per_p])
+            values = np.repeat(values[:, None], n_samples, axis=1).reshape(n_rows, -1)
+            self._add_head_columns(result, name, values)
+        return result
+
+    def _head_sizes(self, adata: AnnData) -> dict:
+        """Sizes of the head outputs from the registry, and phenotype centre and spread."""
+        setup = self._setup_args
+        n_cell_types = 0
+        if setup["cell_type_key"] is not None:
+            n_cell_types = len(self._mapping(REGISTRY_KEYS.CELL_TYPE_KEY))
+        keys = list(setup["phenotype_keys"] or [])
+        loc = scale = None
+        if keys:
+            values = adata.obs[keys].to_numpy(dtype=np.float64)
+            finite = np.where(np.isfinite(values), values, np.nan)
+            with np.errstate(all="ignore"):
+                loc = np.nan_to_num(np.nanmean(finite, 0), nan=0.0)
+                scale = np.nan_to_num(np.nanstd(finite, 0), nan=1.0)
+            loc = torch.from_numpy(loc).float()
+            scale = torch.from_numpy(np.where(scale > 0, scale, 1.0)).float()
+        return {
+            "n_cell_types": n_cell_types,
+            "n_perturbation_labels": len(self._label_categories()),
+            "n_phenotypes": len(keys),
+            "phenotype_loc": loc,
+            "phenotype_scale": scale,
+        }
+
+    def _add_head_columns(self, result: AnnData, name: str, values: np.ndarray) -> None:
+        """Write head outputs (rows of ``result``) as obs / obsm columns."""
+        if name == "cell_type_probabilities":
+            key = self._setup_args["cell_type_key"]
+            classes = np.asarray(self._mapping(REGISTRY_KEYS.CELL_TYPE_KEY)).astype(str)
+            result.obsm[f"{key}_probabilities"] = pd.DataFrame(
+                values, index=result.obs_names, columns=classes
+            )
+            result.obs[f"predicted_{key}"] = pd.Categorical(
+                classes[values.argmax(1)], categories=classes
+            )
+        elif name == "phenotype":
+            for j, key in enumerate(self._setup_args["phenotype_keys"]):
+                result.obs[f"predicted_{key}"] = values[:, j]
+
+    @torch.inference_mode()
+    def predict_phenotype(
+        self,
+        adata: AnnData | None = None,
+        perturbations: Sequence[str] | None = None,
+        batch_size: int = 256,
+    ) -> pd.DataFrame:
+        """Phenotype scores (the ``phenotype_keys`` of setup) predicted from cell embeddings.
+
+        Parameters
+        ----------
+        adata
+            Cells with the training genes; defaults to the registered AnnData.
+        perturbations
+            ``None``: the phenotype of each cell as it is. Labels (e.g. ``["STAT1", "A+B"]``):
+            the predicted phenotype of each cell after each perturbation, read from the
+            predicted next-cell embedding (source embedding + perturbation embedding).
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        DataFrame with one column per phenotype key. Without ``perturbations`` indexed by
+        ``adata.obs_names``; with them one row per perturbation and source cell
+        (perturbation-major, as :meth:`predict_perturbation`) with the extra columns
+        ``perturbation`` and ``source_cell``.
+        """
+        keys = list(self._setup_args["phenotype_keys"] or [])
+        if not keys:
+            raise ValueError(
+                "predict_phenotype needs phenotype scores, but this model was set up without "
+                "phenotype_keys: call PertTX.setup_anndata(adata, ..., phenotype_keys=[...]) "
+                "and train a new model"
+            )
+        needs = "next_phenotype_weight" if perturbations is not None else "phenotype_weight"
+        if not self.module.has_phenotype_head(next_cell=perturbations is not None):
+            raise ValueError(f"this model was built with {needs}=0: it has no such head")
+        self._check_if_trained(warn=True)
+        adata = self.adata if adata is None else adata
+        if adata.n_obs == 0:
+            raise ValueError("adata has no cells")
+        counts = self._cell_arrays(adata, with_labels=False).counts
+        self.module.eval()
+        if perturbations is None:
+            scores = [
+                self.module.predict_heads(self.module.embed_cells(batch))["phenotype"].cpu()
+                for batch in cell_loader(counts, batch_size)
+            ]
+            return pd.DataFrame(torch.cat(scores).numpy(), index=adata.obs_names, columns=keys)
+
+        perturbations = [str(p) for p in perturbations]
+        if not perturbations:
+            raise ValueError("perturbations is empty: name at least one label, e.g. ['STAT1']")
+        gene_sets = torch.from_numpy(self._gene_sets_for(perturbations)).to(self.device)
+        n_pert, n_src = len(perturbations), adata.n_obs
+        scores = np.zeros((n_pert, n_src, len(keys)), dtype=np.float32)
+        start = 0
+        for batch in cell_loader(counts, batch_size):
+            z = self.module.embed_cells(batch)
+            stop = start + len(z)
+            for p in range(n_pert):
+                next_z = self.module.predict_next(z, gene_sets[p].expand(len(z), -1))["next_z"]
+                phenotype = self.module.predict_heads(next_z, next_cell=True)["phenotype"]
+                scores[p, start:stop] = phenotype.cpu().numpy()
+            start = stop
+        result = pd.DataFrame(
+            {
+                "perturbation": pd.Categorical(
+                    np.repeat(perturbations, n_src), categories=perturbations
+                ),
+                "source_cell": np.tile(np.asarray(adata.obs_names), n_pert),
+            }
+        )
+        result[keys] = scores.reshape(n_pert * n_src, len(keys))
         return result
 
     def evaluate(

@@ -1,11 +1,27 @@
 """Torch modules of PertTX (no AnnData in here)."""
 
+from ._graph_encoder import (
+    GraphPerturbationEncoder,
+    GraphTensors,
+    MultiViewPerturbationEncoder,
+    RelationalConv,
+    RelationalGNN,
+    RGCNPerturbationEncoder,
+    ViewAttention,
+)
 from ._module import PertTXModule
 from ._pert_encoder import GeneEmbeddingPerturbationEncoder, PerturbationEncoder
 from ._transformer import TransformerEncoder, flash_attn_available, resolve_backend
 
 __all__ = [
     "GeneEmbeddingPerturbationEncoder",
+    "GraphPerturbationEncoder",
+    "GraphTensors",
+    "MultiViewPerturbationEncoder",
+    "RGCNPerturbationEncoder",
+    "RelationalConv",
+    "RelationalGNN",
+    "ViewAttention",
     "PertTXModule",
     "PerturbationEncoder",
     "TransformerEncoder",

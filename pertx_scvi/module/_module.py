@@ -8,14 +8,43 @@ from torch import nn
 
 from pertx_scvi._constants import BATCH_KEYS
 
-from ._decoders import NextCellDecoder
+from ._decoders import NextCellDecoder, mlp
 from ._embeddings import ExpressionTokenizer
-from ._losses import log_normalize, negative_binomial_loss, squared_error_loss
+from ._heads import (
+    ClassificationHead,
+    EmbeddingStandardizer,
+    NextEmbeddingPredictor,
+    PhenotypeHead,
+)
+from ._losses import (
+    classification_loss,
+    log_normalize,
+    negative_binomial_loss,
+    regression_loss,
+    squared_error_loss,
+    supervised_contrastive_loss,
+    triplet_loss,
+    zero_inflated_negative_binomial_loss,
+)
 from ._pert_encoder import GeneEmbeddingPerturbationEncoder, PerturbationEncoder
 from ._transformer import AttentionBackend, TransformerEncoder
 
-Likelihood = Literal["nb", "mse"]
+Likelihood = Literal["nb", "zinb", "mse"]
+ContrastiveLabels = Literal["perturbation", "cell_type"]
 TARGET_SUM = 1e4
+# Loss terms computed from cell embeddings (besides next_cell and mlm).
+HEAD_TERMS = (
+    "cell_type",
+    "next_cell_type",
+    "perturbation",
+    "phenotype",
+    "next_phenotype",
+    "next_embedding",
+    "contrastive",
+    "triplet",
+)
+# Initial dropout logit of the zero-inflation head: about 5 % extra zeros, close to plain NB.
+INITIAL_DROPOUT_LOGIT = -3.0
 
 
 class PertTXModule(BaseModuleClass):
@@ -38,11 +67,45 @@ class PertTXModule(BaseModuleClass):
         ``"auto"``, ``"native"``, ``"sdpa"`` or ``"flash"``.
     likelihood
         ``"nb"``: negative binomial on counts with the observed library size;
+        ``"zinb"``: zero-inflated negative binomial, with per-gene-per-cell dropout logits from
+        the decoder input (source embedding and perturbation embedding);
         ``"mse"``: squared error on log1p(normalize_total) values.
     mask_ratio
         Fraction of the target cell's genes hidden for masked-expression reconstruction.
     next_cell_weight, mlm_weight
         Weights of the next-cell and masked-expression terms.
+    n_cell_types
+        Number of cell-type classes; below 2 there is no cell-type head.
+    n_perturbation_labels
+        Number of perturbation label codes (classes of the perturbation head).
+    n_phenotypes
+        Number of phenotype scores; 0 means no phenotype head.
+    phenotype_loc, phenotype_scale
+        (n_phenotypes,) centre and spread of the scores; the head regresses standardised scores.
+    cell_type_weight
+        Cell-type classification of the target and source cell embeddings.
+    next_cell_type_weight
+        Cell-type classification of the predicted next-cell embedding.
+    perturbation_weight
+        Perturbation-label classification of the target cell embedding.
+    phenotype_weight
+        Phenotype regression from the target and source cell embeddings.
+    next_phenotype_weight
+        Phenotype regression of the predicted next cell (source embedding + perturbation).
+    next_embedding_weight
+        Squared error between the predicted next-cell embedding and the (detached) target cell
+        embedding. The predictor exists only when a next-cell head uses it.
+    contrastive_weight, contrastive_temperature
+        Supervised contrastive term on target cell embeddings and its temperature.
+    triplet_weight, triplet_margin
+        Batch-hard triplet term on target cell embeddings and its margin.
+    contrastive_labels
+        Labels of the contrastive and triplet terms: ``"perturbation"`` codes or ``"cell_type"``.
+
+    Notes
+    -----
+    A weight of 0 removes its term from the loss and skips its computation; a head no term uses
+    is not built.
     """
 
     def __init__(
@@ -61,16 +124,63 @@ class PertTXModule(BaseModuleClass):
         mask_ratio: float = 0.15,
         next_cell_weight: float = 1.0,
         mlm_weight: float = 1.0,
+        n_cell_types: int = 0,
+        n_perturbation_labels: int = 0,
+        n_phenotypes: int = 0,
+        phenotype_loc: torch.Tensor | None = None,
+        phenotype_scale: torch.Tensor | None = None,
+        cell_type_weight: float = 1.0,
+        next_cell_type_weight: float = 1.0,
+        perturbation_weight: float = 0.0,
+        phenotype_weight: float = 1.0,
+        next_phenotype_weight: float = 1.0,
+        next_embedding_weight: float = 1.0,
+        contrastive_weight: float = 0.0,
+        triplet_weight: float = 0.0,
+        contrastive_labels: ContrastiveLabels = "perturbation",
+        contrastive_temperature: float = 0.1,
+        triplet_margin: float = 0.2,
     ):
         super().__init__()
-        if likelihood not in ("nb", "mse"):
-            raise ValueError(f"likelihood must be 'nb' or 'mse', got {likelihood!r}")
+        if likelihood not in ("nb", "zinb", "mse"):
+            raise ValueError(f"likelihood must be 'nb', 'zinb' or 'mse', got {likelihood!r}")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        weights = {
+            "next_cell": next_cell_weight,
+            "mlm": mlm_weight,
+            "cell_type": cell_type_weight,
+            "next_cell_type": next_cell_type_weight,
+            "perturbation": perturbation_weight,
+            "phenotype": phenotype_weight,
+            "next_phenotype": next_phenotype_weight,
+            "next_embedding": next_embedding_weight,
+            "contrastive": contrastive_weight,
+            "triplet": triplet_weight,
+        }
+        negative = {name: w for name, w in weights.items() if not w >= 0}
+        if negative:
+            raise ValueError(f"loss weights must be >= 0, got {negative}")
+        if contrastive_labels not in ("perturbation", "cell_type"):
+            raise ValueError(
+                f"contrastive_labels must be 'perturbation' or 'cell_type', got "
+                f"{contrastive_labels!r}"
+            )
+        if contrastive_temperature <= 0:
+            raise ValueError(f"contrastive_temperature must be > 0, got {contrastive_temperature}")
+        uses_labels = contrastive_weight > 0 or triplet_weight > 0
+        if uses_labels and contrastive_labels == "cell_type" and n_cell_types < 2:
+            raise ValueError(
+                "contrastive_labels='cell_type' needs at least two cell types: register "
+                "cell_type_key in setup_anndata, or use contrastive_labels='perturbation'"
+            )
         self.n_genes = n_genes
         self.likelihood = likelihood
         self.mask_ratio = mask_ratio
-        self.loss_weights = {"next_cell": next_cell_weight, "mlm": mlm_weight}
+        self.loss_weights = weights
+        self.contrastive_labels = contrastive_labels
+        self.contrastive_temperature = contrastive_temperature
+        self.triplet_margin = triplet_margin
 
         self.tokenizer = ExpressionTokenizer(n_genes, d_model, dropout)
         self.encoder = TransformerEncoder(
@@ -83,6 +193,54 @@ class PertTXModule(BaseModuleClass):
         self.decoder = NextCellDecoder(d_model, n_genes, d_hidden, self_gene_index, dropout)
         # Per-gene NB inverse dispersion, as scVI's dispersion="gene".
         self.log_theta = nn.Parameter(torch.zeros(n_genes))
+        self.dropout_head = None
+        if likelihood == "zinb":
+            # Zero-inflation logits per gene and cell from the decoder input (z, perturbation).
+            self.dropout_head = mlp(2 * d_model, d_hidden, n_genes, dropout)
+            nn.init.constant_(self.dropout_head[-1].bias, INITIAL_DROPOUT_LOGIT)
+
+        # ---- heads on the cell embedding (built only when a term with weight > 0 uses them) --
+        self.cell_type_head = None
+        if n_cell_types >= 2 and (cell_type_weight > 0 or next_cell_type_weight > 0):
+            self.cell_type_head = ClassificationHead(d_model, d_hidden, n_cell_types, dropout)
+        self.perturbation_head = None
+        if n_perturbation_labels >= 2 and perturbation_weight > 0:
+            self.perturbation_head = ClassificationHead(
+                d_model, d_hidden, n_perturbation_labels, dropout
+            )
+        self.phenotype_head = None
+        if n_phenotypes >= 1 and (phenotype_weight > 0 or next_phenotype_weight > 0):
+            self.phenotype_head = PhenotypeHead(
+                d_model, d_hidden, n_phenotypes, phenotype_loc, phenotype_scale, dropout
+            )
+        self.next_embedding = None
+        if (self.cell_type_head is not None and next_cell_type_weight > 0) or (
+            self.phenotype_head is not None and next_phenotype_weight > 0
+        ):
+            self.next_embedding = NextEmbeddingPredictor(d_model, d_hidden, dropout)
+        # Heads and embedding terms read standardised embeddings (see EmbeddingStandardizer).
+        self.head_norm = EmbeddingStandardizer(d_model)
+
+    def _active(self, term: str) -> bool:
+        """Whether ``term`` contributes to the loss (its weight > 0 and its modules exist)."""
+        if self.loss_weights[term] <= 0:
+            return False
+        required = {
+            "cell_type": (self.cell_type_head,),
+            "next_cell_type": (self.cell_type_head, self.next_embedding),
+            "perturbation": (self.perturbation_head,),
+            "phenotype": (self.phenotype_head,),
+            "next_phenotype": (self.phenotype_head, self.next_embedding),
+            "next_embedding": (self.next_embedding,),
+        }.get(term, ())
+        return all(module is not None for module in required)
+
+    @property
+    def _needs_target_embedding(self) -> bool:
+        """Whether some term reads the target cell's embedding (so the target is encoded)."""
+        return any(
+            self._active(t) for t in HEAD_TERMS if t not in ("next_cell_type", "next_phenotype")
+        )
 
     # ---- building blocks --------------------------------------------------------------------
     def _encode(self, values: torch.Tensor, mask: torch.Tensor | None = None):
@@ -97,28 +255,85 @@ class PertTXModule(BaseModuleClass):
 
     def decode(self, z: torch.Tensor, gene_sets: torch.Tensor) -> torch.Tensor:
         """Link-space output of the next-cell decoder for sources ``z`` and perturbations."""
+        return self.predict_next(z, gene_sets, heads=False)["output"]
+
+    def predict_next(
+        self, z: torch.Tensor, gene_sets: torch.Tensor, heads: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Everything predicted for sources ``z`` (B, d) under padded ``gene_sets`` (B, K).
+
+        Returns ``output`` (decoder link space), ``dropout_logits`` (ZINB only) and, with
+        ``heads``, ``next_z`` (predicted next-cell embedding) where a next-cell head exists.
+        """
         members = self.perturbation_encoder.member_vectors(gene_sets)
         pooled = self.perturbation_encoder.pool(members, gene_sets)
-        return self.decoder(z, members, pooled, gene_sets)
+        out = {"output": self.decoder(z, members, pooled, gene_sets)}
+        if self.dropout_head is not None:
+            out["dropout_logits"] = self.dropout_head(torch.cat([z, pooled], dim=-1))
+        if heads and self.next_embedding is not None:
+            out["next_z"] = self.next_embedding(z, pooled)
+        return out
 
-    def expression_from_output(self, output: torch.Tensor) -> torch.Tensor:
-        """Predicted mean expression, log1p(normalize_total 1e4), from decoder output."""
-        if self.likelihood == "nb":
-            return torch.log1p(output.softmax(-1) * TARGET_SUM)
-        return output.clamp(min=0.0)
+    def predict_heads(self, z: torch.Tensor, next_cell: bool = False) -> dict[str, torch.Tensor]:
+        """Outputs of the trained heads for cell embeddings ``z``.
+
+        ``next_cell=False``: ``z`` are embeddings of cells as they are; ``True``: predicted
+        next-cell embeddings (``predict_next(...)["next_z"]``). Returns
+        ``cell_type_probabilities`` (B, n_cell_types) and ``phenotype`` (B, n_phenotypes, in
+        the scores' own units) for the heads trained for that kind of embedding.
+        """
+        prefix = "next_" if next_cell else ""
+        z = self.head_norm(z)
+        out = {}
+        if self._active(f"{prefix}cell_type"):
+            out["cell_type_probabilities"] = self.cell_type_head(z).softmax(-1)
+        if self._active(f"{prefix}phenotype"):
+            out["phenotype"] = self.phenotype_head.to_scores(self.phenotype_head(z))
+        return out
+
+    def has_phenotype_head(self, next_cell: bool = False) -> bool:
+        """Whether phenotypes are trained for current (or, ``next_cell``, predicted) cells."""
+        return self._active("next_phenotype" if next_cell else "phenotype")
+
+    def expression_from_output(
+        self, output: torch.Tensor, dropout_logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Predicted mean expression, log1p(normalize_total 1e4), from decoder output.
+
+        For ZINB (``dropout_logits`` given) it is the normalised mean of the zero-inflated
+        counts, ``(1 - dropout) * mu``, as normalize_total would see it.
+        """
+        if self.likelihood == "mse":
+            return output.clamp(min=0.0)
+        proportion = output.softmax(-1)
+        if dropout_logits is not None:
+            proportion = proportion * torch.sigmoid(-dropout_logits)
+            proportion = proportion / proportion.sum(-1, keepdim=True).clamp(min=1e-12)
+        return torch.log1p(proportion * TARGET_SUM)
 
     def sample_counts(
-        self, output: torch.Tensor, library: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        output: torch.Tensor,
+        library: torch.Tensor,
+        generator: torch.Generator | None = None,
+        dropout_logits: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Counts drawn from the likelihood for cells of total ``library`` (batch, 1)."""
-        if self.likelihood == "nb":
-            mean = output.softmax(-1) * library
-            theta = self.log_theta.exp()
-            rate = torch._standard_gamma(theta.expand_as(mean).contiguous(), generator=generator)
-            rate = rate * mean / theta
-        else:
+        """Counts drawn from the likelihood for cells of total ``library`` (batch, 1).
+
+        With ``dropout_logits`` (ZINB) each count is zeroed with probability
+        ``sigmoid(dropout_logits)``.
+        """
+        if self.likelihood == "mse":
             rate = torch.expm1(output.clamp(min=0.0)) * library / TARGET_SUM
-        return torch.poisson(rate, generator=generator)
+            return torch.poisson(rate, generator=generator)
+        mean = output.softmax(-1) * library
+        theta = self.log_theta.exp()
+        rate = torch._standard_gamma(theta.expand_as(mean).contiguous(), generator=generator)
+        counts = torch.poisson(rate * mean / theta, generator=generator)
+        if dropout_logits is not None:
+            keep = torch.bernoulli(torch.sigmoid(-dropout_logits), generator=generator)
+            counts = counts * keep
+        return counts
 
     # ---- scvi-tools module protocol ---------------------------------------------------------
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs):
@@ -134,20 +349,28 @@ class PertTXModule(BaseModuleClass):
         source_values = log_normalize(source_x, source_library, TARGET_SUM)
         target_values = log_normalize(target_x, target_library, TARGET_SUM)
         outputs = {"target_library": target_library, "target_values": target_values}
+        batch = source_x.shape[0]
+        heads = self._needs_target_embedding
         if self.loss_weights["mlm"] > 0 and self.mask_ratio > 0:
-            # Source and target cells go through the encoder as one batch of 2B sequences.
+            # Source and target cells go through the encoder as one batch of sequences. Heads
+            # read the target unmasked (a third block): masking moves the CLS embedding more
+            # than the cells differ from each other, so masked embeddings would teach the heads
+            # mostly noise, and prediction embeds unmasked cells.
             mask = torch.rand_like(target_values) < self.mask_ratio
             no_mask = torch.zeros_like(mask)
-            z, tokens = self._encode(
-                torch.cat([source_values, target_values]), torch.cat([no_mask, mask])
-            )
-            batch = source_x.shape[0]
+            values = [source_values, target_values] + [target_values] * heads
+            masks = [no_mask, mask] + [no_mask] * heads
+            z, tokens = self._encode(torch.cat(values), torch.cat(masks))
             outputs.update(
                 z=z[:batch],
-                target_z=z[batch:],
-                mlm_prediction=self.mlm_head(tokens[batch:]).squeeze(-1),
+                mlm_prediction=self.mlm_head(tokens[batch : 2 * batch]).squeeze(-1),
                 mlm_mask=mask,
             )
+            if heads:
+                outputs["target_z"] = z[2 * batch :]
+        elif heads:
+            z = self._encode(torch.cat([source_values, target_values]))[0]
+            outputs.update(z=z[:batch], target_z=z[batch:])
         else:
             outputs["z"] = self._encode(source_values)[0]
         return outputs
@@ -160,7 +383,55 @@ class PertTXModule(BaseModuleClass):
 
     @auto_move_data
     def generative(self, z: torch.Tensor, gene_sets: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"output": self.decode(z, gene_sets)}
+        return self.predict_next(z, gene_sets)
+
+    def _head_terms(self, tensors, inference_outputs, generative_outputs) -> dict:
+        """Unweighted per-cell losses of the heads and of the embedding terms."""
+        terms = {}
+        if not any(self._active(term) for term in HEAD_TERMS):
+            return terms
+        z, target_z = inference_outputs["z"], inference_outputs.get("target_z")
+        # One standardisation (statistics of this batch's real cells) for every head input.
+        statistics = self.head_norm.statistics(z if target_z is None else torch.cat([target_z, z]))
+        z = self.head_norm(z, statistics)
+        if target_z is not None:
+            target_z = self.head_norm(target_z, statistics)
+        next_z = generative_outputs.get("next_z")
+        if next_z is not None:
+            next_z = self.head_norm(next_z, statistics)
+        labels = tensors[BATCH_KEYS.TARGET_LABEL].long().reshape(-1)
+        cell_type = tensors[BATCH_KEYS.CELL_TYPE].long().reshape(-1)
+        if self._active("cell_type"):
+            # Targets (masked when MLM is on) and sources: sources share the target's type.
+            logits = self.cell_type_head(torch.cat([target_z, z]))
+            loss = classification_loss(logits, cell_type.repeat(2))
+            terms["cell_type"] = loss.view(2, -1).mean(0)
+        if self._active("next_cell_type"):
+            terms["next_cell_type"] = classification_loss(self.cell_type_head(next_z), cell_type)
+        if self._active("perturbation"):
+            terms["perturbation"] = classification_loss(self.perturbation_head(target_z), labels)
+        if self.phenotype_head is not None:
+            standardize = self.phenotype_head.standardize
+            phenotype = standardize(tensors[BATCH_KEYS.PHENOTYPE].float())
+            if self._active("phenotype"):
+                source_phenotype = standardize(tensors[BATCH_KEYS.SOURCE_PHENOTYPE].float())
+                predicted = self.phenotype_head(torch.cat([target_z, z]))
+                loss = regression_loss(predicted, torch.cat([phenotype, source_phenotype]))
+                terms["phenotype"] = loss.view(2, -1).mean(0)
+            if self._active("next_phenotype"):
+                terms["next_phenotype"] = regression_loss(self.phenotype_head(next_z), phenotype)
+        if self._active("next_embedding"):
+            # The target embedding is a fixed goal (stop-gradient): otherwise the encoder could
+            # lower this term by collapsing cell embeddings onto each other.
+            terms["next_embedding"] = ((next_z - target_z.detach()) ** 2).mean(-1)
+        pair_labels = labels if self.contrastive_labels == "perturbation" else cell_type
+        if self._active("contrastive"):
+            terms["contrastive"] = supervised_contrastive_loss(
+                target_z, pair_labels, self.contrastive_temperature
+            )
+        if self._active("triplet"):
+            terms["triplet"] = triplet_loss(target_z, pair_labels, self.triplet_margin)
+        return terms
 
     def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
         output = generative_outputs["output"]
@@ -168,6 +439,11 @@ class PertTXModule(BaseModuleClass):
         if self.likelihood == "nb":
             mean = output.softmax(-1) * inference_outputs["target_library"]
             next_cell = negative_binomial_loss(target_x, mean, self.log_theta.exp())
+        elif self.likelihood == "zinb":
+            mean = output.softmax(-1) * inference_outputs["target_library"]
+            next_cell = zero_inflated_negative_binomial_loss(
+                target_x, mean, self.log_theta.exp(), generative_outputs["dropout_logits"]
+            )
         else:
             next_cell = squared_error_loss(output, inference_outputs["target_values"])
         terms = {"next_cell": next_cell}
@@ -177,6 +453,7 @@ class PertTXModule(BaseModuleClass):
                 inference_outputs["target_values"],
                 inference_outputs["mlm_mask"],
             )
+        terms.update(self._head_terms(tensors, inference_outputs, generative_outputs))
         weighted = {name: self.loss_weights[name] * value for name, value in terms.items()}
         regularization = self.perturbation_encoder.regularization_loss()
         if regularization is not None:

@@ -1,0 +1,17 @@
+"""Plotting (matplotlib, scanpy style): each function takes data, returns the figure and
+writes it with ``save=path``; ``show=True`` calls :func:`matplotlib.pyplot.show`.
+
+* :func:`metric_bars`: mean and 95 % interval of each metric per method
+  (from :func:`pertx_scvi.metrics.summarize`).
+* :func:`effect_scatter`: predicted versus observed Δ per perturbation.
+* :func:`de_heatmap`: observed and predicted Δ on each perturbation's top DE genes.
+* :func:`loss_curves`: training and validation losses from ``model.history``.
+* :func:`umap`: UMAP of the PertTX cell embedding (``X_pertx``).
+"""
+
+from ._effects import de_heatmap, effect_scatter
+from ._embedding import umap
+from ._summary import metric_bars
+from ._training import loss_curves
+
+__all__ = ["de_heatmap", "effect_scatter", "loss_curves", "metric_bars", "umap"]

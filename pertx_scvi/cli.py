@@ -1,0 +1,171 @@
+"""The ``pertx`` command: ``pertx demo`` and ``pertx benchmark``."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger("pertx_scvi")
+
+
+def _simulated_task(seed: int):
+    """Simulated screen; held out: unseen combinations whose genes were each trained alone."""
+    from . import datasets
+
+    adata, truth, network = datasets.simulate(n_combinations=12, seed=seed)
+    combinations = sorted(label for label in truth.index if "+" in label)
+    holdout = list(np.random.default_rng(seed).choice(combinations, size=4, replace=False))
+    setup = {"perturbation_key": "perturbation", "control_group": "control"}
+    return adata, setup, sorted(holdout), None
+
+
+def _papalexi_task(data_path: str | None):
+    """Papalexi 2021: held out STAT1 and IFNGR2 knockouts, embedded through GO + OmniPath."""
+    from . import datasets
+    from .graphs import GeneGraph
+
+    adata = datasets.papalexi2021(data_path)
+    setup = {"perturbation_key": "perturbation", "control_group": "control"}
+    graph_dir = datasets.find_data_file("graphs/go_top20_jaccard.csv.gz", data_path).parent
+    graph = GeneGraph.from_gears_go(
+        graph_dir / "go_top20_jaccard.csv.gz"
+    ) | GeneGraph.from_omnipath(
+        graph_dir / "omnipath_interactions.csv.gz", id_table=graph_dir / "human_gene_ids.tsv.gz"
+    )
+    return adata, setup, ["IFNGR2", "STAT1"], graph
+
+
+def run_demo(args: argparse.Namespace) -> Path:
+    """Train, predict held-out perturbations, write AnnData, metrics and plots to ``args.out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import scanpy as sc
+
+    from . import metrics, pl
+    from ._model import PertTX
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    if args.data == "simulated":
+        adata, setup, holdout, graph = _simulated_task(args.seed)
+    else:
+        adata, setup, holdout, graph = _papalexi_task(args.data_path)
+    print(f"data: {args.data}, {adata.n_obs} cells x {adata.n_vars} genes; held out: {holdout}")
+
+    PertTX.setup_anndata(adata, **setup)
+    model_kwargs = {"d_model": args.d_model, "n_layers": args.n_layers}
+    if graph is not None and "gene_graph" in inspect.signature(PertTX.__init__).parameters:
+        model_kwargs["gene_graph"] = graph
+    elif graph is not None:
+        raise SystemExit("this PertTX version has no gene-graph encoder; use --data simulated")
+    model = PertTX(adata, **model_kwargs)
+    print(model._model_summary_string)
+
+    # Split-control: the model and the baselines see one half of the control cells; observed
+    # effects are measured against the other half.
+    fit_controls, _ = metrics.split_control(
+        adata, setup["perturbation_key"], setup["control_group"], seed=args.seed
+    )
+    is_control = (adata.obs[setup["perturbation_key"]] == setup["control_group"]).to_numpy()
+    model.train(
+        max_epochs=args.epochs,
+        holdout_perturbations=holdout,
+        control_cells=np.flatnonzero(fit_controls | ~is_control),
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+
+    adata.obsm["X_pertx"] = model.get_latent_representation()
+    sc.pp.neighbors(adata, use_rep="X_pertx")
+    sc.tl.umap(adata, random_state=args.seed)
+
+    sources = adata[fit_controls]
+    predictions = model.predict_perturbation(sources, holdout)
+    predictions.write_h5ad(out / "predictions.h5ad")
+
+    evaluation = model.evaluate(perturbations=holdout, gene_graph=graph)
+    evaluation.to_csv(out / "metrics.csv", index=False)
+    summary = metrics.summarize(evaluation)
+    table = summary.pivot(index="metric", columns="method", values="mean")
+    table.to_csv(out / "metrics_summary.csv")
+
+    observed = metrics.log_normalize(adata[adata.obs[setup["perturbation_key"]].isin(holdout)])
+    observed_means = (
+        observed.to_df()
+        .groupby(observed.obs[setup["perturbation_key"]].astype(str).to_numpy())
+        .mean()
+    )
+    control_mean = np.asarray(metrics.log_normalize(sources).X.mean(0)).ravel()
+    predicted_means = (
+        predictions.to_df().groupby(predictions.obs["perturbation"].astype(str).to_numpy()).mean()
+    )
+
+    pl.loss_curves(model.history, save=out / "loss_curves.png")
+    pl.effect_scatter(
+        predicted_means,
+        observed_means,
+        control_mean,
+        perturbations=holdout,
+        save=out / "predicted_vs_observed.png",
+    )
+    figure = sc.pl.umap(adata, color=setup["perturbation_key"], show=False, return_fig=True)
+    figure.savefig(out / "umap_X_pertx.png", dpi=120, bbox_inches="tight")
+
+    adata.uns.pop("pertx_evaluation", None)
+    adata.write_h5ad(out / "adata_pertx.h5ad")
+    model.save(out / "model", overwrite=True, save_anndata=False)
+    elapsed = time.time() - started
+    with open(out / "run.json", "w") as handle:
+        json.dump({"command": sys.argv, "seconds": round(elapsed, 1), "holdout": holdout}, handle)
+    print(table.round(3).to_string())
+    print(f"wrote {sorted(p.name for p in out.iterdir())} to {out} in {elapsed:.0f} s")
+    return out
+
+
+def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", choices=["simulated", "papalexi2021"], default="simulated")
+    parser.add_argument(
+        "--data-path",
+        default=None,
+        help="folder or file with the real data (default: $PERTX_DATA_DIR)",
+    )
+    parser.add_argument("--out", default="pertx_demo", help="output folder")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--d-model", type=int, default=64)
+    parser.add_argument("--n-layers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``pertx`` command."""
+    parser = argparse.ArgumentParser(prog="pertx", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="train, predict held-out perturbations, plot")
+    _add_demo_arguments(demo)
+    benchmark = commands.add_parser("benchmark", help="k-fold benchmark against baselines")
+    from ._benchmark import add_benchmark_arguments, run_benchmark
+
+    add_benchmark_arguments(benchmark)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    if args.command == "demo":
+        run_demo(args)
+    else:
+        run_benchmark(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,634 @@
+"""Graph perturbation encoders: genes embedded by message passing over prior gene graphs.
+
+A perturbation gene's embedding is computed by a relational graph network over the K-hop
+neighbourhood of that gene in one or several gene graphs (GO co-annotation, OmniPath, TRRUST,
+STRING...), starting from per-gene input vectors that are either pretrained (a gene embedding
+table, frozen) or learned. Genes never perturbed in training are embedded through their
+neighbours, so unseen genes are predicted rather than refused.
+
+- :class:`RelationalConv`: one propagation step over a multi-relational graph (a
+  :class:`torch_geometric.nn.MessagePassing` layer): per-relation transforms with basis
+  decomposition, the source edge weights (a weighted mean per relation) times a learned
+  per-relation weight, and attention over relations per node.
+- :class:`RelationalGNN`: K such steps with residual connections.
+- :class:`RGCNPerturbationEncoder`: one (multi-relational) graph.
+- :class:`MultiViewPerturbationEncoder`: one propagation per graph, fused per node by learned
+  view attention.
+
+Each step only runs on the genes it needs: the K-hop computation subgraph of the requested genes
+(:func:`torch_geometric.utils.k_hop_subgraph`, edges into the nodes within K-1 hops), cached;
+during training the subgraph of all trained genes is built once and reused every step. Nodes
+are ordered by hop, and layer k only updates the nodes within K-k hops (as PyG's
+``trim_to_layer`` does for neighbour-sampled batches), so the outer hop costs one gather.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.nn import MessagePassing
+from torch_geometric.utils import degree, k_hop_subgraph, scatter, to_torch_csr_tensor
+
+from ._pert_encoder import PerturbationEncoder
+
+_CACHE_SIZE = 32
+
+
+@dataclass
+class GraphTensors:
+    """Edges of one graph view over the encoder's gene vocabulary.
+
+    Attributes
+    ----------
+    edge_index
+        (2, E) long: row 0 source, row 1 target (messages flow source -> target).
+    edge_type
+        (E,) long: relation of each edge, in ``[0, len(relation_names))``.
+    edge_weight
+        (E,) float > 0: the source's edge weights (Jaccard, score, references...).
+    relation_names
+        Name of each relation.
+    name
+        Name of the view (e.g. ``"go"``, ``"omnipath"``).
+    """
+
+    edge_index: torch.Tensor
+    edge_type: torch.Tensor
+    edge_weight: torch.Tensor
+    relation_names: list[str]
+    name: str = "graph"
+
+    @property
+    def n_relations(self) -> int:
+        return len(self.relation_names)
+
+
+@dataclass
+class _Layer:
+    """Edges of one propagation step: into the first ``n_dst`` nodes from the first ``n_src``."""
+
+    n_src: int
+    n_dst: int
+    adjacency: torch.Tensor  # sparse CSR (n_dst * R, n_src): normalised weights, row t*R + r
+    adjacency_t: torch.Tensor  # its transpose, CSR (for the backward pass)
+    has_relation: torch.Tensor  # (n_dst, R) bool: target has in-edges of that relation
+
+
+@dataclass
+class _Subgraph:
+    """The K-hop computation subgraph of some seed genes in one view, nodes ordered by hop."""
+
+    subset: torch.Tensor  # (n,) vocabulary positions: seeds first, then hop 1, hop 2...
+    layers: list[_Layer]  # one per propagation step, outermost first
+    edge_index: torch.Tensor  # (2, e) edges among the nodes within K-1 hops (link prediction)
+    edge_type: torch.Tensor  # (e,)
+    has_edge: torch.Tensor  # (n_seeds,) bool: the seed has an in-edge
+
+
+class _SparseMatmul(torch.autograd.Function):
+    """``A @ x`` for a constant sparse CSR ``A`` whose transpose is precomputed (the backward
+    pass is then ``A^T @ grad`` without converting ``A`` at every step)."""
+
+    @staticmethod
+    def forward(ctx, adjacency, adjacency_t, x):
+        ctx.adjacency_t = adjacency_t
+        return torch.sparse.mm(adjacency, x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None, torch.sparse.mm(ctx.adjacency_t, grad)
+
+
+class RelationalConv(MessagePassing):
+    """One propagation over a multi-relational graph with relation attention per node.
+
+    For node ``v`` and relation ``r`` with in-neighbours ``N_r(v)``:
+
+    ``m_vr = s_r * W_r sum_{u in N_r(v)} (w_uv / sum_{u' in N_r(v)} w_u'v) h_u``
+
+    with ``W_r = sum_b a_rb B_b`` (basis decomposition), ``w`` the source's edge weights and
+    ``s_r = softplus(theta_r)`` a learned per-relation weight. Relations are weighed per node by
+    attention, ``alpha_vr = softmax_r(q . tanh(A m_vr + C h_v))`` over the relations that reach
+    ``v``, and
+
+    ``out_v = W_self h_v + sum_r alpha_vr m_vr``.
+
+    All relations go through a single :meth:`propagate` call into (node, relation) slots, as a
+    sparse adjacency (rows ``target * R + relation``, :meth:`message_and_aggregate`), then one
+    batched transform per relation (aggregate first: the transform runs on target nodes only).
+    Bipartite: sources are the first ``n_src`` rows of ``x``, targets the first ``n_dst``.
+
+    Parameters
+    ----------
+    d_in, d_out
+        Input and output widths.
+    n_relations
+        Number of relations.
+    n_bases
+        Number of shared bases of the relation transforms (capped at ``n_relations``).
+    """
+
+    def __init__(self, d_in: int, d_out: int, n_relations: int, n_bases: int = 4):
+        super().__init__(aggr="add")
+        self.d_in, self.d_out = d_in, d_out
+        self.n_relations = n_relations
+        self.n_bases = max(1, min(n_bases, n_relations))
+        self.bases = nn.Parameter(torch.empty(self.n_bases, d_in, d_out))
+        self.comp = nn.Parameter(torch.empty(n_relations, self.n_bases))
+        # softplus(theta) = 1 at initialisation
+        self.relation_weight = nn.Parameter(torch.full((n_relations,), math.log(math.e - 1.0)))
+        self.lin_self = nn.Linear(d_in, d_out)
+        self.att_message = nn.Linear(d_out, d_out, bias=False)
+        self.att_node = nn.Linear(d_in, d_out)
+        self.att_query = nn.Parameter(torch.empty(d_out))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        nn.init.xavier_uniform_(self.bases)
+        nn.init.constant_(self.comp, 1.0 / math.sqrt(self.n_bases))
+        self.lin_self.reset_parameters()
+        self.att_message.reset_parameters()
+        self.att_node.reset_parameters()
+        nn.init.normal_(self.att_query, std=1.0 / math.sqrt(self.d_out))
+
+    def relation_weights(self) -> torch.Tensor:
+        """(R, d_in, d_out) relation transforms from the bases."""
+        return torch.einsum("rb,bde->rde", self.comp, self.bases)
+
+    def relation_messages(self, x: torch.Tensor, layer: _Layer) -> torch.Tensor:
+        """(n_dst, R, d_out) weighted-mean messages per target and relation, times ``s_r``."""
+        n_rel = self.n_relations
+        pooled = self.propagate(layer.adjacency, x=x[: layer.n_src], adjacency_t=layer.adjacency_t)
+        pooled = pooled.view(layer.n_dst, n_rel, self.d_in).transpose(0, 1)
+        out = torch.bmm(pooled, self.relation_weights()).transpose(0, 1)
+        return out * F.softplus(self.relation_weight)[None, :, None]
+
+    def forward(self, x: torch.Tensor, layer: _Layer) -> torch.Tensor:
+        """Outputs (n_dst, d_out) of the first ``layer.n_dst`` nodes of ``x`` (n_src, d_in)."""
+        target = x[: layer.n_dst]
+        messages = self.relation_messages(x, layer)
+        score = torch.tanh(self.att_message(messages) + self.att_node(target)[:, None, :])
+        score = (score @ self.att_query).masked_fill(~layer.has_relation, float("-inf"))
+        alpha = torch.softmax(score, dim=1).nan_to_num(0.0)  # rows without relations: 0
+        return self.lin_self(target) + (alpha.unsqueeze(-1) * messages).sum(1)
+
+    def message(self, x_j: torch.Tensor, edge_weight: torch.Tensor) -> torch.Tensor:
+        return edge_weight.unsqueeze(-1) * x_j
+
+    def message_and_aggregate(
+        self, adj_t: torch.Tensor, x: torch.Tensor, adjacency_t: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # Fused weighted sum over in-edges: a sparse (CSR) x dense product, much faster on CPU
+        # than gathering and scattering one message per edge. (``adj_t`` is PyG's name for the
+        # target x source adjacency; ``adjacency_t`` is its transpose.)
+        if adjacency_t is None:
+            return torch.sparse.mm(adj_t, x)
+        return _SparseMatmul.apply(adj_t, adjacency_t, x)
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}({self.d_in}, {self.d_out}, "
+            f"relations={self.n_relations}, bases={self.n_bases})"
+        )
+
+
+class RelationalGNN(nn.Module):
+    """K propagation steps ``h <- LayerNorm(h + dropout(GELU(conv(h))))``; step k updates only
+    the nodes within K-k hops of the seeds, so the output rows are the seeds."""
+
+    def __init__(self, d_model: int, n_relations: int, n_layers: int, n_bases: int, dropout: float):
+        super().__init__()
+        self.convs = nn.ModuleList(
+            RelationalConv(d_model, d_model, n_relations, n_bases) for _ in range(n_layers)
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(n_layers))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, x: torch.Tensor, sub: _Subgraph, return_first: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Seed embeddings; with ``return_first`` also the output of the first step (the nodes
+        within K-1 hops)."""
+        first = None
+        for conv, norm, layer in zip(self.convs, self.norms, sub.layers, strict=True):
+            x = norm(x[: layer.n_dst] + self.dropout(F.gelu(conv(x, layer))))
+            first = x if first is None else first
+        return (x, first) if return_first else x
+
+
+class ViewAttention(nn.Module):
+    """Per-node attention over views: ``beta_v = softmax_view(q . tanh(W h_v^view))``.
+
+    Views in which the node has no edge are left out (all views when it has none).
+    """
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.project = nn.Linear(d_model, d_model)
+        self.query = nn.Parameter(torch.randn(d_model) / math.sqrt(d_model))
+
+    def forward(self, views: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Fuse ``views`` (n, V, d) given ``present`` (n, V) bool; returns (n, d)."""
+        score = torch.tanh(self.project(views)) @ self.query
+        present = present | ~present.any(1, keepdim=True)
+        beta = torch.softmax(score.masked_fill(~present, float("-inf")), dim=1)
+        return (beta.unsqueeze(-1) * views).sum(1)
+
+
+class GraphPerturbationEncoder(PerturbationEncoder):
+    """Base of the graph encoders: node inputs, computation subgraphs, link prediction.
+
+    Node inputs: the projected pretrained vector of genes found in the table (frozen until
+    :meth:`unfreeze`) plus, for genes perturbed in training, a learned identity vector (width
+    ``free_dim``, projected); genes with neither share a learned "unknown" vector. A gene never
+    perturbed is thus embedded from its table vector and its neighbourhood: the trained genes
+    around it carry their learned vectors through the graph. Views (graphs) are propagated by
+    :class:`RelationalGNN` stacks; subclasses say how views are fused (:meth:`fuse`).
+
+    Parameters
+    ----------
+    n_genes
+        Vocabulary size (nodes).
+    d_model
+        Width of the embeddings.
+    graphs
+        One :class:`GraphTensors` per view (may be empty: table / learned vectors only).
+    gene_table
+        (n_genes, d_table) pretrained gene vectors; rows of genes not in the table are ignored.
+    table_found
+        (n_genes,) bool: rows of ``gene_table`` that hold a real vector.
+    n_hops
+        Propagation steps (message passing layers) K.
+    n_bases
+        Bases of the relation transforms.
+    trainable_genes
+        Positions (or a boolean mask) of the genes that can be perturbed in training (the genes
+        named by training labels): only they get a learned vector. Default: all genes.
+    free_dim
+        Width of the learned identity vectors.
+    dropout
+        Dropout in the propagation.
+    self_dropout
+        During training, probability of embedding a perturbed gene without its own input vector
+        (a learned mask vector instead; its neighbours keep theirs), so that the encoder learns
+        to embed genes from their neighbours, as it must for genes never perturbed.
+    graph_weight
+        Weight of the link-prediction regulariser (0: off).
+    n_link_samples
+        Positive edges sampled per step for link prediction (as many negatives).
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        d_model: int,
+        graphs: Sequence[GraphTensors] = (),
+        gene_table: torch.Tensor | None = None,
+        table_found: torch.Tensor | None = None,
+        n_hops: int = 2,
+        n_bases: int = 4,
+        trainable_genes: torch.Tensor | None = None,
+        free_dim: int = 16,
+        dropout: float = 0.0,
+        self_dropout: float = 0.0,
+        graph_weight: float = 0.0,
+        n_link_samples: int = 512,
+    ):
+        super().__init__(n_genes, d_model)
+        if n_hops < 1:
+            raise ValueError(f"n_hops must be >= 1, got {n_hops}")
+        if not 0.0 <= self_dropout < 1.0:
+            raise ValueError(f"self_dropout must be in [0, 1), got {self_dropout}")
+        if graph_weight < 0:
+            raise ValueError(f"graph_weight must be >= 0, got {graph_weight}")
+        self.n_hops = n_hops
+        self.self_dropout = self_dropout
+        self.graph_weight = graph_weight
+        self.n_link_samples = n_link_samples
+        self.view_names = [g.name for g in graphs]
+        self.relation_names = [list(g.relation_names) for g in graphs]
+
+        # ---- node inputs: pretrained (frozen) where found, learned elsewhere
+        if gene_table is not None:
+            gene_table = torch.as_tensor(gene_table, dtype=torch.float32)
+            if gene_table.shape[0] != n_genes:
+                raise ValueError(f"gene_table has {gene_table.shape[0]} rows, expected {n_genes}")
+            found = (
+                torch.as_tensor(table_found, dtype=torch.bool)
+                if table_found is not None
+                else gene_table.abs().sum(1) > 0
+            )
+            self.table = nn.Parameter(gene_table.clone(), requires_grad=False)
+            self.table_input = nn.Linear(gene_table.shape[1], d_model)
+        else:
+            found = torch.zeros(n_genes, dtype=torch.bool)
+            self.table = None
+            self.table_input = None
+        self.register_buffer("table_found", found)
+        if trainable_genes is None:
+            trainable = torch.ones(n_genes, dtype=torch.bool)
+        else:
+            trainable = torch.as_tensor(trainable_genes)
+            if trainable.dtype != torch.bool:
+                trainable = torch.zeros(n_genes, dtype=torch.bool).index_fill_(0, trainable, True)
+        free_index = torch.full((n_genes,), -1, dtype=torch.long)
+        free_index[trainable] = torch.arange(int(trainable.sum()))
+        self.register_buffer("free_index", free_index)
+        self.free = nn.Parameter(torch.randn(int(trainable.sum()), free_dim))
+        self.free_input = nn.Linear(free_dim, d_model)
+        self.unknown = nn.Parameter(torch.zeros(d_model))
+        self.input_norm = nn.LayerNorm(d_model)
+        self.output = nn.Linear(d_model, d_model)
+
+        # ---- graph views (edge tensors are rebuilt from the init arguments: not saved)
+        in_graph = torch.zeros(n_genes, dtype=torch.bool)
+        self.gnns = nn.ModuleList()
+        self.relation_vectors = nn.ParameterList()
+        for v, g in enumerate(graphs):
+            ei = torch.as_tensor(g.edge_index, dtype=torch.long)
+            et = torch.as_tensor(g.edge_type, dtype=torch.long)
+            ew = torch.as_tensor(g.edge_weight, dtype=torch.float32)
+            if ei.dim() != 2 or ei.shape[0] != 2 or et.shape[0] != ei.shape[1]:
+                raise ValueError(f"graph view {g.name!r}: edge_index must be (2, E) with E types")
+            if ei.numel() and (ei.min() < 0 or ei.max() >= n_genes):
+                raise ValueError(f"graph view {g.name!r}: node ids outside [0, {n_genes})")
+            n_rel = max(g.n_relations, 1)
+            flat_target = ei[1] * n_rel + et
+            total = scatter(ew, flat_target, dim=0, dim_size=n_genes * n_rel, reduce="sum")
+            norm = ew / total[flat_target].clamp(min=1e-12)
+            self.register_buffer(f"_edge_index_{v}", ei, persistent=False)
+            self.register_buffer(f"_edge_type_{v}", et, persistent=False)
+            self.register_buffer(f"_edge_norm_{v}", norm, persistent=False)
+            in_graph[ei.reshape(-1)] = True
+            self.gnns.append(RelationalGNN(d_model, n_rel, n_hops, n_bases, dropout))
+            self.relation_vectors.append(nn.Parameter(torch.ones(n_rel, d_model)))
+        self.register_buffer("in_graph", in_graph)
+        self._cache: OrderedDict = OrderedDict()
+        self._link_inputs: list[tuple[int, torch.Tensor, _Subgraph]] = []
+
+    # ---- public API ---------------------------------------------------------------------------
+    @property
+    def n_views(self) -> int:
+        return len(self.gnns)
+
+    @property
+    def has_prior(self) -> bool:
+        """Whether any gene has graph or table information (beyond being trained)."""
+        return bool(self.in_graph.any() or self.table_found.any())
+
+    def informed_genes(self) -> torch.Tensor:
+        """Boolean mask of genes with a graph edge or a pretrained vector."""
+        return self.in_graph | self.table_found
+
+    def can_embed(self) -> torch.Tensor:
+        return self.trained_genes | self.informed_genes()
+
+    def unfreeze(self) -> None:
+        """Fine-tune the pretrained table rows too (call before :meth:`PertTX.train`)."""
+        if self.table is not None:
+            self.table.requires_grad_(True)
+
+    def freeze(self) -> None:
+        """Keep the pretrained table rows fixed (the default)."""
+        if self.table is not None:
+            self.table.requires_grad_(False)
+
+    def regularization_loss(self) -> torch.Tensor | None:
+        """``graph_weight`` x link-prediction loss on this step's node embeddings.
+
+        Node embeddings: the output of the first propagation step, for the nodes within K-1 hops
+        of the step's genes. Positive pairs: edges among these nodes (sampled); negatives: the
+        same sources with random targets among them. Scores are DistMult
+        ``sum(h_u * r * h_v) / sqrt(d)`` with a learned vector per relation; binary
+        cross-entropy.
+        """
+        if self.graph_weight <= 0:
+            return None
+        inputs, self._link_inputs = self._link_inputs, []
+        device = self.unknown.device
+        losses = []
+        for v, x, sub in inputs:
+            n_edges = sub.edge_index.shape[1]
+            if n_edges == 0:
+                continue
+            pick = torch.randint(n_edges, (min(self.n_link_samples, n_edges),), device=device)
+            src, dst = sub.edge_index[0, pick], sub.edge_index[1, pick]
+            rel = self.relation_vectors[v][sub.edge_type[pick]]
+            fake = torch.randint(x.shape[0], dst.shape, device=device)
+            pos = (x[src] * rel * x[dst]).sum(-1) / math.sqrt(self.d_model)
+            neg = (x[src] * rel * x[fake]).sum(-1) / math.sqrt(self.d_model)
+            logits = torch.cat([pos, neg])
+            labels = torch.cat([torch.ones_like(pos), torch.zeros_like(neg)])
+            losses.append(F.binary_cross_entropy_with_logits(logits, labels))
+        if not losses:
+            return torch.zeros((), device=device)
+        return self.graph_weight * torch.stack(losses).mean()
+
+    # ---- embedding ----------------------------------------------------------------------------
+    def embed_genes(self, genes: torch.Tensor) -> torch.Tensor:
+        genes = genes.long()
+        self._link_inputs = []
+        seeds, rows = self._seeds_for(genes)
+        hidden = self._encode(seeds)
+        return self.output(hidden[rows])
+
+    def _seeds_for(self, genes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Seed set to encode and the rows of ``genes`` in it.
+
+        Genes that were all perturbed in training are encoded together with every other trained
+        gene, so that the subgraph is built once and reused each step (the embedding of a seed
+        does not depend on the other seeds).
+        """
+        trained = self.trained_genes
+        if self.n_views and bool(trained[genes].all()):
+            seeds = trained.nonzero().squeeze(1)
+            return seeds, torch.searchsorted(seeds, genes)
+        seeds, rows = torch.unique(genes, return_inverse=True)
+        return seeds, rows
+
+    def node_inputs(self, nodes: torch.Tensor, untrained: slice | None = None) -> torch.Tensor:
+        """(len(nodes), d_model) input vectors: table part + identity part of trained genes,
+        the unknown vector for genes with neither; rows ``untrained`` are taken as untrained."""
+        free_row = self.free_index[nodes]
+        trained = self.trained_genes[nodes] & (free_row >= 0)
+        if untrained is not None:
+            trained = trained.clone()
+            trained[untrained] = False
+        identity = self.free_input(self.free[free_row.clamp(min=0)])
+        x = torch.where(trained[:, None], identity, 0.0)
+        known = trained
+        if self.table is not None:
+            found = self.table_found[nodes]
+            x = x + torch.where(found[:, None], self.table_input(self.table[nodes]), 0.0)
+            known = known | found
+        x = torch.where(known[:, None], x, self.unknown)
+        return self.input_norm(x)
+
+    def _encode(self, seeds: torch.Tensor) -> torch.Tensor:
+        """(len(seeds), d_model) embeddings of sorted unique seeds, views fused.
+
+        With ``self_dropout`` in training, each seed also has an untrained copy (a "ghost" node
+        with the seed's in-edges and the input of a gene never perturbed), and the ghost's
+        embedding replaces the seed's with probability ``self_dropout``: the gene is then
+        embedded from its neighbours (and table vector) only, as an unseen gene is, while the
+        neighbours (other trained genes included) keep their own vectors.
+        """
+        n = len(seeds)
+        ghosts = self.training and self.self_dropout > 0
+        use_ghost = torch.rand(n, 1, device=seeds.device) < self.self_dropout if ghosts else None
+        if not self.n_views:
+            x = self.node_inputs(seeds)
+            return torch.where(use_ghost, self.node_inputs(seeds, slice(0, n)), x) if ghosts else x
+        outputs, present = [], []
+        for v, gnn in enumerate(self.gnns):
+            sub = self._subgraph(v, seeds, ghosts)
+            x = self.node_inputs(sub.subset, slice(n, 2 * n) if ghosts else None)
+            if self.training and self.graph_weight > 0:
+                h, first = gnn(x, sub, return_first=True)
+                self._link_inputs.append((v, first, sub))
+            else:
+                h = gnn(x, sub)
+            outputs.append(torch.where(use_ghost, h[n:], h[:n]) if ghosts else h)
+            present.append(sub.has_edge)
+        return self.fuse(torch.stack(outputs, 1), torch.stack(present, 1))
+
+    def fuse(self, views: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Combine per-view embeddings (n, V, d) into (n, d)."""
+        raise NotImplementedError
+
+    # ---- computation subgraphs ----------------------------------------------------------------
+    def _subgraph(self, view: int, seeds: torch.Tensor, ghosts: bool = False) -> _Subgraph:
+        """The cached K-hop computation subgraph of ``seeds`` (sorted, unique) in ``view``."""
+        key = (view, str(seeds.device), ghosts, tuple(seeds.tolist()))
+        sub = self._cache.get(key)
+        if sub is not None:
+            self._cache.move_to_end(key)
+            return sub
+        # Built outside inference mode: the cached tensors are reused by training steps.
+        with torch.inference_mode(False), torch.no_grad():
+            sub = self._build_subgraph(view, seeds.clone(), ghosts)
+        self._cache[key] = sub
+        while len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return sub
+
+    def _build_subgraph(self, view: int, seeds: torch.Tensor, ghosts: bool = False) -> _Subgraph:
+        """Nodes ordered as seeds, [ghost copies of the seeds], new nodes of hop 1, hop 2...;
+        propagation step k updates the nodes within K-k hops (and the ghosts)."""
+        edge_index = getattr(self, f"_edge_index_{view}")
+        edge_type = getattr(self, f"_edge_type_{view}")
+        edge_norm = getattr(self, f"_edge_norm_{view}")
+        n_rel = self.gnns[view].convs[0].n_relations
+        device = seeds.device
+        hops = [seeds]  # nodes within h hops (upstream: messages flow source -> target)
+        for h in range(1, self.n_hops + 1):
+            subset, _, _, edge_mask = k_hop_subgraph(
+                seeds, h, edge_index, num_nodes=self.n_genes, directed=True
+            )
+            hops.append(subset)
+        order, seen = [seeds], torch.zeros(self.n_genes, dtype=torch.bool, device=device)
+        seen[seeds] = True
+        for subset in hops[1:]:
+            new = subset[~seen[subset]]
+            seen[new] = True
+            order.append(new)
+        real = torch.cat(order)
+        n_seeds, n_ghosts = len(seeds), len(seeds) if ghosts else 0
+        position = torch.arange(len(real), device=device)
+        position[n_seeds:] += n_ghosts  # the ghost block sits right after the seeds
+        local = torch.full((self.n_genes,), -1, dtype=torch.long, device=device)
+        local[real] = position
+        subset = torch.cat([seeds, seeds[:n_ghosts], real[n_seeds:]])
+        src, dst = local[edge_index[0, edge_mask]], local[edge_index[1, edge_mask]]
+        etype, norm = edge_type[edge_mask], edge_norm[edge_mask]
+        link_index = torch.stack([src, dst])
+        if ghosts:  # a ghost hears what its seed hears
+            into_seed = dst < n_seeds
+            src = torch.cat([src, src[into_seed]])
+            dst = torch.cat([dst, dst[into_seed] + n_seeds])
+            norm = torch.cat([norm, norm[into_seed]])
+            link_type, etype = etype, torch.cat([etype, etype[into_seed]])
+        else:
+            link_type = etype
+        layers = []
+        for k in range(1, self.n_hops + 1):
+            n_dst = len(hops[self.n_hops - k]) + n_ghosts
+            n_src = len(hops[self.n_hops - k + 1]) + n_ghosts
+            keep = dst < n_dst
+            flat = dst[keep] * n_rel + etype[keep]
+            in_degree = degree(flat, num_nodes=n_dst * n_rel).view(n_dst, n_rel)
+            index = torch.stack([flat, src[keep]])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is beta"
+                adjacency = to_torch_csr_tensor(index, norm[keep], size=(n_dst * n_rel, n_src))
+                adjacency_t = to_torch_csr_tensor(
+                    index.flip(0), norm[keep], size=(n_src, n_dst * n_rel)
+                )
+            layers.append(_Layer(n_src, n_dst, adjacency, adjacency_t, in_degree > 0))
+        inside = (link_index < layers[0].n_dst).all(0)  # both ends have a first-step output
+        return _Subgraph(
+            subset=subset,
+            layers=layers,
+            edge_index=link_index[:, inside],
+            edge_type=link_type[inside],
+            has_edge=layers[-1].has_relation[:n_seeds].any(1),
+        )
+
+    def _apply(self, fn, *args, **kwargs):
+        # Moving the module (device / dtype) invalidates the cached subgraphs.
+        self._cache = OrderedDict()
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = OrderedDict()
+        state["_link_inputs"] = []
+        return state
+
+
+class RGCNPerturbationEncoder(GraphPerturbationEncoder):
+    """Relational GCN over one multi-relational gene graph (or none: table vectors only).
+
+    See :class:`GraphPerturbationEncoder` for the parameters; ``graphs`` holds at most one view.
+
+    Examples
+    --------
+    >>> g = GraphTensors(edge_index, edge_type, edge_weight, ["go", "omnipath_transcriptional"])
+    >>> enc = RGCNPerturbationEncoder(n_genes=20000, d_model=64, graphs=[g])
+    >>> enc(torch.tensor([[3, -1], [3, 7]])).shape  # "A", "A+B"
+    torch.Size([2, 64])
+    """
+
+    def __init__(self, n_genes: int, d_model: int, graphs: Sequence[GraphTensors] = (), **kwargs):
+        graphs = list(graphs)
+        if len(graphs) > 1:
+            raise ValueError(
+                "RGCNPerturbationEncoder takes one graph (its relations are kept apart); unite "
+                "graphs first (GeneGraph.union) or use MultiViewPerturbationEncoder"
+            )
+        super().__init__(n_genes, d_model, graphs, **kwargs)
+
+    def fuse(self, views: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        return views[:, 0]
+
+
+class MultiViewPerturbationEncoder(GraphPerturbationEncoder):
+    """One relational propagation per graph (view), fused per node by learned view attention.
+
+    See :class:`GraphPerturbationEncoder` for the parameters.
+    """
+
+    def __init__(self, n_genes: int, d_model: int, graphs: Sequence[GraphTensors] = (), **kwargs):
+        super().__init__(n_genes, d_model, list(graphs), **kwargs)
+        self.view_attention = ViewAttention(d_model)
+
+    def fuse(self, views: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        return self.view_attention(views, present)

@@ -1,0 +1,313 @@
+"""`pertx benchmark`: splits, GEARS subgroups, the fold cache and the written report."""
+
+import argparse
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pertx_scvi as px
+from pertx_scvi import _benchmark as bm
+
+TINY_SIM = {
+    "n_genes": 40,
+    "n_regulators": 6,
+    "n_modules": 2,
+    "n_control_cells": 80,
+    "n_cells_per_perturbation": 12,
+    "targets_per_module": 6,
+    "seed": 0,
+}
+TINY_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "epochs": 1, "batch_size": 64}
+
+
+# ---- splits ------------------------------------------------------------------------------------
+def test_kfold_follows_the_documented_recipe():
+    labels = ["control", "B", "A", "D", "C", "E", "control", "A"]
+    folds = bm.kfold_perturbations(labels, n_folds=2, seed=3)
+    permuted = np.random.default_rng(3).permutation(np.array(["A", "B", "C", "D", "E"], object))
+    assert folds == [list(permuted[:3]), list(permuted[3:])]
+    assert folds == bm.kfold_perturbations(labels[::-1], n_folds=2, seed=3)  # order-free
+    assert folds != bm.kfold_perturbations(labels, n_folds=2, seed=4)
+
+
+def test_kfold_holds_out_every_label_once():
+    labels = [f"G{i}" for i in range(25)] + ["control", "ctrl"]
+    folds = bm.kfold_perturbations(labels, n_folds=5, seed=0)
+    flat = [label for fold in folds for label in fold]
+    assert sorted(flat) == sorted(labels[:25])
+    assert [len(f) for f in folds] == [5] * 5
+    with pytest.raises(ValueError, match="cannot cut 25 labels into 30 folds"):
+        bm.kfold_perturbations(labels, n_folds=30)
+    with pytest.raises(ValueError, match=">= 2"):
+        bm.kfold_perturbations(labels, n_folds=1)
+
+
+def test_assign_subgroups_counts_genes_seen_alone_in_training():
+    train = ["control", "B", "E", "C+F", "B+E"]
+    held = ["A", "A+B", "C+D", "B+E", "A+ctrl"]
+    groups = bm.assign_subgroups(held, train)
+    assert groups.to_dict() == {
+        "A": "unseen_single",
+        "A+B": "combo_seen1",
+        "C+D": "combo_seen0",  # C was only perturbed inside a combination
+        "B+E": "combo_seen2",
+        "A+ctrl": "unseen_single",
+    }
+
+
+@pytest.fixture(scope="module")
+def combination_labels():
+    adata, truth, _ = px.datasets.simulate(
+        n_genes=60,
+        n_regulators=10,
+        n_modules=2,
+        n_combinations=12,
+        n_cells_per_perturbation=2,
+        n_control_cells=10,
+        seed=1,
+    )
+    return sorted(truth.index)
+
+
+def test_gears_splits_on_simulated_combinations(combination_labels):
+    labels = combination_labels
+    singles = [label for label in labels if "+" not in label]
+    combos = [label for label in labels if "+" in label]
+    assert len(combos) == 12
+    folds = bm.gears_splits(labels + ["control"], n_folds=3, seed=0)
+    assert len(folds) == 3
+    # Every single is held out exactly once, every combination at least once.
+    held_singles = [label for fold in folds for label in fold if "+" not in label]
+    assert sorted(held_singles) == singles
+    assert set(combos) <= {label for fold in folds for label in fold}
+    seen2_count = dict.fromkeys(combos, 0)
+    kinds = set()
+    for held in folds:
+        train = [label for label in labels if label not in held]
+        unseen = {label for label in held if "+" not in label}
+        # No training label touches an unseen gene.
+        assert not any(set(t.split("+")) & unseen for t in train)
+        # Every combination with an unseen gene is held out.
+        assert all(c in held for c in combos if set(c.split("+")) & unseen)
+        groups = bm.assign_subgroups(held, train)
+        assert list(groups.index) == held
+        for label, group in groups.items():
+            genes = label.split("+")
+            n_seen = sum(g not in unseen for g in genes)
+            expected = "unseen_single" if len(genes) == 1 else f"combo_seen{n_seen}"
+            assert group == expected, (label, group)
+            kinds.add(group)
+            if group == "combo_seen2":
+                seen2_count[label] += 1
+    assert max(seen2_count.values()) <= 1
+    assert {"unseen_single", "combo_seen1", "combo_seen2"} <= kinds
+    # Deterministic in the seed.
+    assert folds == bm.gears_splits(labels, n_folds=3, seed=0)
+    assert folds != bm.gears_splits(labels, n_folds=3, seed=1)
+
+
+# ---- command line -------------------------------------------------------------------------------
+def _parser():
+    parser = argparse.ArgumentParser(prog="pertx benchmark")
+    bm.add_benchmark_arguments(parser)
+    return parser
+
+
+def test_cli_flags_parse_and_command_line_is_rebuilt(monkeypatch):
+    args = _parser().parse_args(
+        ["--data", "papalexi2021", "--folds", "5", "--graph", "go,omnipath", "--no-split-control"]
+    )
+    assert args.data == "papalexi2021" and args.folds == 5 and args.graph == "go,omnipath"
+    assert args.split_control is False and args.quick is False and args.epochs is None
+    monkeypatch.setattr("sys.argv", ["pytest"])
+    command = bm._command_line(args)
+    assert command == (
+        "pertx benchmark --data papalexi2021 --folds 5 --no-split-control --graph go,omnipath"
+    )
+    monkeypatch.setattr("sys.argv", ["/usr/bin/pertx", "benchmark", "--quick"])
+    assert bm._command_line(_parser().parse_args(["--quick"])) == "pertx benchmark --quick"
+
+
+def test_quick_presets_yield_to_explicit_values():
+    assert bm._resolve(None, "epochs", quick=True) == bm.QUICK["epochs"]
+    assert bm._resolve(None, "epochs", quick=False) == bm.DEFAULTS["epochs"]
+    assert bm._resolve(7, "epochs", quick=True) == 7
+
+
+def test_load_graph_names_and_errors():
+    _, _, network = px.datasets.simulate(**TINY_SIM)
+    graph, names = bm.load_graph("simulated", network)
+    assert names == ["simulated"] and graph.n_edges > 0
+    assert set(graph.edges["source"]) <= set(network["source"])
+    assert (graph.edges["weight"] > 0).all()
+    assert bm.load_graph("none") == (None, [])
+    assert bm.load_graph(None) == (None, [])
+    with pytest.raises(ValueError, match="--data simulated"):
+        bm.load_graph("simulated", None)
+    with pytest.raises(FileNotFoundError, match="not_a_graph"):
+        bm.load_graph("not_a_graph.csv")
+
+
+@pytest.mark.realdata
+def test_load_graph_from_the_data_folder(data_dir):
+    graph, names = bm.load_graph("go,trrust", data_dir=data_dir)
+    assert names == ["go", "trrust"]
+    assert {"go", "trrust"} <= set(graph.relations)
+    assert "STAT1" in graph
+
+
+# ---- end to end ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny():
+    adata, _, network = px.datasets.simulate(**TINY_SIM, n_combinations=0)
+    graph, _ = bm.load_graph("simulated", network)
+    return adata, graph
+
+
+def _run(adata, graph, out, **kwargs):
+    settings = {
+        "out": out,
+        "folds": 2,
+        "graph": graph,
+        "linear_embedding": "pca",
+        "n_boot": 50,
+        "progress": False,
+        "command": "pertx benchmark --test",
+        **TINY_MODEL,
+        **kwargs,
+    }
+    return bm.benchmark(adata.copy(), **settings)
+
+
+def test_benchmark_writes_report_and_skips_finished_folds(tiny, tmp_path, monkeypatch):
+    adata, graph = tiny
+    out = _run(adata, graph, tmp_path / "run")
+    assert out == tmp_path / "run"
+    df = pd.read_csv(out / "metrics.csv")
+    assert set(df["fold"]) == {0, 1}
+    assert set(df["method"]) == {
+        "PertTX",
+        "control_mean",
+        "train_mean",
+        "additive",
+        "linear",
+        "graph_neighbour",
+    }
+    assert set(df["subgroup"]) == {"unseen_single"}
+    # Every regulator is held out in exactly one fold, scored once per method and metric.
+    per = df.groupby(["method", "metric"])["perturbation"].agg(lambda s: sorted(s))
+    regulators = sorted(f"REG{i:02d}" for i in range(6))
+    assert all(v == regulators for v in per)
+    control_rows = df[(df.method == "control_mean") & (df.metric == "pearson_delta")]
+    assert np.allclose(control_rows["value"], 0.0)  # split-control: no shared noise
+
+    summary_md = (out / "summary.md").read_text()
+    assert summary_md.splitlines()[3] == "pertx benchmark --test"
+    assert "**wall time**" in summary_md and "2 fold(s) trained" in summary_md
+    assert "## All held-out perturbations (6)" in summary_md
+    assert "| pearson_delta |" in summary_md
+    summary = pd.read_csv(out / "summary.csv")
+    assert {"set", "method", "metric", "mean", "ci_low", "ci_high"} <= set(summary.columns)
+    for name in ("metric_bars_all.png", "effect_scatter.png", "de_heatmap.png"):
+        assert (out / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    assert (out / "plots" / "loss_curves_fold0.png").is_file()
+    for k in (0, 1):
+        assert (out / "folds" / f"fold_{k}.csv").is_file()
+        info = json.loads((out / "folds" / f"fold_{k}.json").read_text())
+        assert info["hash"] == json.loads((out / "config.json").read_text())["hash"]
+
+    # A rerun trains nothing and reproduces the same metrics.
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached fold was recomputed")
+
+    monkeypatch.setattr(bm, "_run_fold", no_training)
+    _run(adata, graph, out, plots=False)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv"), df)
+    assert "0 fold(s) trained, 2 from the cache" in (out / "summary.md").read_text()
+
+    # Only the missing fold is recomputed.
+    (out / "folds" / "fold_1.csv").unlink()
+    monkeypatch.undo()
+    original, calls = bm._run_fold, []
+
+    def spy(fold, *args, **kwargs):
+        calls.append(fold)
+        return original(fold, *args, **kwargs)
+
+    monkeypatch.setattr(bm, "_run_fold", spy)
+    _run(adata, graph, out, plots=False)
+    assert calls == [1]
+
+    # Other settings in the same folder are refused instead of mixing results.
+    with pytest.raises(ValueError, match="other settings"):
+        _run(adata, graph, out, lr=0.5, plots=False)
+
+
+def test_benchmark_without_graph_reports_what_pertx_cannot_predict(tmp_path):
+    adata, _, _ = px.datasets.simulate(**{**TINY_SIM, "n_combinations": 3})
+    out = _run(
+        adata,
+        None,
+        tmp_path / "nograph",
+        split="kfold",
+        baselines=["control_mean", "train_mean", "additive"],
+        plots=False,
+    )
+    df = pd.read_csv(out / "metrics.csv")
+    assert "graph_neighbour" not in set(df["method"])
+    labels = set(adata.obs["perturbation"].astype(str)) - {"control"}
+    pertx = df[(df.method == "PertTX") & (df.metric == "mse")]
+    for fold, rows in pertx.groupby("fold"):
+        trained = {g for label in labels - set(rows.perturbation) for g in label.split("+")}
+        for label, value in zip(rows.perturbation, rows.value, strict=True):
+            # The label encoder embeds only genes that training perturbed (alone or combined).
+            assert np.isnan(value) == (not set(label.split("+")) <= trained), (fold, label)
+    assert pertx["value"].isna().any() and pertx["value"].notna().any()
+    # Every method covers every held-out label.
+    counts = df[df.metric == "mse"].groupby("method")["perturbation"].nunique()
+    assert counts.nunique() == 1
+    text = (out / "summary.md").read_text()
+    assert "could not embed" in text
+    assert not (out / "plots").exists()
+
+
+def test_summary_table_bolds_the_best_mean_per_metric():
+    summary = pd.DataFrame(
+        {
+            "method": ["PertTX", "train_mean"] * 2,
+            "metric": ["pearson_delta", "pearson_delta", "mse", "mse"],
+            "n": [5, 5, 5, 5],
+            "mean": [0.4, 0.3, 0.2, 0.1],
+            "ci_low": [0.3, 0.2, 0.1, 0.05],
+            "ci_high": [0.5, 0.4, 0.3, 0.15],
+        }
+    )
+    table = bm._markdown_table(summary, ["pearson_delta", "mse"]).splitlines()
+    assert table[0] == "| metric | PertTX | train_mean |"
+    assert table[2] == "| pearson_delta | **0.400 [0.300, 0.500]** | 0.300 [0.200, 0.400] |"
+    assert table[3] == "| mse (↓) | 0.200 [0.100, 0.300] | **0.100 [0.050, 0.150]** |"
+    assert table[4] == "| n perturbations | 5 | 5 |"
+
+
+def test_sampled_profiles_average_log_normalised_counts(tiny):
+    from pertx_scvi._evaluate import predicted_profiles
+
+    adata, graph = tiny
+    adata = adata.copy()
+    px.PertTX.setup_anndata(adata, perturbation_key="perturbation", control_group="control")
+    model = px.PertTX(adata, d_model=16, n_layers=1, n_heads=2, gene_graph=graph)
+    model.train(max_epochs=1, enable_progress_bar=False, validation_size=0.0)
+    sources = adata[adata.obs["perturbation"] == "control"][:40]
+    labels = ["REG01", "REG02+REG03"]
+    profiles = bm.sampled_profiles(model, sources, labels, n_samples=2, seed=5)
+    assert list(profiles.index) == labels and list(profiles.columns) == list(adata.var_names)
+    prediction = model.predict_perturbation(sources, labels, n_samples=2, seed=5)
+    counts = prediction.layers["counts"].toarray()
+    expected = np.log1p(1e4 * counts / counts.sum(1, keepdims=True))
+    first = prediction.obs["perturbation"].to_numpy() == "REG01"
+    np.testing.assert_allclose(profiles.loc["REG01"], expected[first].mean(0), rtol=1e-5)
+    # The log of the mean profile (model.evaluate's) lies above the mean of the logs.
+    log_of_mean = predicted_profiles(model, sources, labels)
+    assert (log_of_mean.to_numpy() >= profiles.to_numpy() - 1e-6).mean() > 0.9

@@ -1,0 +1,151 @@
+"""Training options: optimisers, schedules, precision, loggers, early stopping, pairing."""
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.loggers import Logger
+
+import pertx_scvi as px
+from pertx_scvi.data import ControlSampler, PairedBatchDataset
+from pertx_scvi.train import lr_multiplier, resolve_precision
+
+TINY = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_hidden": 32, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def screen():
+    adata, _, _ = px.datasets.simulate(
+        n_genes=40,
+        n_regulators=6,
+        n_modules=2,
+        n_control_cells=120,
+        n_cells_per_perturbation=20,
+        n_combinations=2,
+        seed=2,
+    )
+    px.PertTX.setup_anndata(adata, perturbation_key="perturbation", control_group="control")
+    return adata
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "lr", "expected"),
+    [("adamw", 3e-3, "AdamW"), ("lion", 3e-4, "Lion"), ("prodigy", 1.0, "Prodigy")],
+)
+def test_optimizers_are_used_and_train(screen, optimizer, lr, expected):
+    model = px.PertTX(screen, **TINY)
+    model.train(
+        max_epochs=6, optimizer=optimizer, lr=lr, lr_schedule="constant", enable_progress_bar=False
+    )
+    assert type(model.trainer.optimizers[0]).__name__ == expected
+    losses = model.history["train_loss"]["train_loss"].to_numpy(dtype=float)
+    assert np.isfinite(losses).all()
+    if optimizer != "prodigy":  # Prodigy's step-size search needs more steps than this
+        assert losses[-1] < losses[0]
+
+
+def test_unknown_optimizer_is_an_error(screen):
+    model = px.PertTX(screen, **TINY)
+    with pytest.raises(ValueError, match="'sgd'"):
+        model.train(max_epochs=1, optimizer="sgd", enable_progress_bar=False)
+
+
+def test_schedules():
+    cosine = lr_multiplier("cosine", total_steps=110, warmup_steps=10, min_factor=0.1)
+    assert cosine(0) == pytest.approx(0.1) and cosine(9) == pytest.approx(1.0)
+    assert cosine(10) == pytest.approx(1.0) and cosine(110) == pytest.approx(0.1)
+    assert cosine(60) == pytest.approx(0.55)
+    step = lr_multiplier("step", total_steps=100, warmup_steps=0, step_every=10, step_gamma=0.5)
+    assert step(9) == 1.0 and step(10) == 0.5 and step(25) == 0.25
+    assert lr_multiplier("constant", 100, 0)(99) == 1.0
+    with pytest.raises(ValueError, match="'linear'"):
+        lr_multiplier("linear", 10, 0)
+
+
+def test_mixed_precision_is_gpu_only():
+    assert resolve_precision(None, "cpu") == "32-true"
+    with pytest.raises(ValueError, match="GPU-only"):
+        resolve_precision("bf16-mixed", "cpu")
+
+
+class _ImageLogger(Logger):
+    """A Lightning logger that records what it is given (stands in for wandb here)."""
+
+    def __init__(self):
+        super().__init__()
+        self.metrics, self.images = [], []
+
+    @property
+    def name(self):
+        return "images"
+
+    @property
+    def version(self):
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append(dict(metrics))
+
+    def log_image(self, key, images, step=None):
+        self.images.append((key, len(images)))
+
+
+def test_logger_passes_through_with_umap_images_and_history_kept(screen):
+    model = px.PertTX(screen, **TINY)
+    recorder = _ImageLogger()
+    model.train(max_epochs=2, validation_size=0.2, logger=recorder, enable_progress_bar=False)
+    assert recorder.images == [("umap_X_pertx", 1), ("umap_X_pertx", 1)]
+    assert any("validation_loss" in m for m in recorder.metrics)
+    assert len(model.history["train_loss"]) == 2
+    assert model.module.training is False
+
+
+def test_csv_logger_by_name(screen, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = px.PertTX(screen, **TINY)
+    model.train(max_epochs=1, logger="csv", enable_progress_bar=False)
+    assert list(tmp_path.glob("pertx_logs/**/metrics.csv"))
+
+
+def test_early_stopping_stops_on_validation_loss(screen):
+    model = px.PertTX(screen, **TINY)
+    model.train(
+        max_epochs=30,
+        lr=0.0,
+        validation_size=0.2,
+        early_stopping=True,
+        early_stopping_patience=2,
+        enable_progress_bar=False,
+    )
+    assert len(model.history["validation_loss"]) < 30
+
+
+def test_pairing_draws_controls_of_the_same_context_and_redraws():
+    context = np.array([0, 0, 0, 1, 1, 1, 0, 1])
+    controls = np.array([0, 1, 3, 4])
+    sampler = ControlSampler(controls, context)
+    rng = np.random.default_rng(0)
+    targets = np.array([2, 5, 6, 7] * 50)
+    drawn = sampler.draw(targets, rng)
+    assert np.array_equal(context[drawn], context[targets])
+    assert set(drawn[context[targets] == 0]) == {0, 1}
+    again = sampler.draw(targets, rng)
+    assert not np.array_equal(drawn, again)
+
+
+def test_validation_pairs_are_fixed_training_pairs_are_redrawn(screen):
+    model = px.PertTX(screen, **TINY)
+    cells = model._cell_arrays(screen, with_labels=True)
+    controls = np.flatnonzero(np.isin(cells.label_codes, model._control_codes()))
+    sampler = ControlSampler(controls, cells.context)
+    targets = np.arange(screen.n_obs)
+    fixed = PairedBatchDataset(cells, targets, sampler, seed=1, fixed_sources=True)
+    redrawn = PairedBatchDataset(cells, targets, sampler, seed=1)
+    positions = list(range(64))
+    a, b = fixed[positions], fixed[positions]
+    assert torch.equal(a["source_x"], b["source_x"])
+    c, d = redrawn[positions], redrawn[positions]
+    assert not torch.equal(c["source_x"], d["source_x"])
+    assert torch.equal(c["target_x"], d["target_x"])
