@@ -21,9 +21,9 @@ from scvi.train import TrainRunner
 
 from . import _validation as check
 from ._constants import REGISTRY_KEYS
+from ._graph_setup import build_graph_setup, make_perturbation_encoder, resolve_encoder_kind
 from ._labels import DEFAULT_CONTROL_TOKENS, gene_set_matrix, parse_perturbation
 from .data import CellArrays, ControlSampler, PerturbationDataModule, cell_loader, split_cells
-from ._graph_setup import build_graph_setup, make_perturbation_encoder, resolve_encoder_kind
 from .graphs import GeneGraph
 from .module import PertTXModule
 from .train import PertTXTrainingPlan, make_loggers, resolve_precision
@@ -211,14 +211,14 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
                 max_neighbours=graph_max_neighbours,
             )
             vocabulary = self.graph_setup_.vocabulary
+            encoder_kwargs = {"dropout": dropout, "self_dropout": graph_self_dropout}
+            encoder_kwargs.update(graph_kwargs or {})
             pert_encoder = make_perturbation_encoder(
                 self.graph_setup_,
                 d_model,
                 n_hops=graph_hops,
                 graph_weight=graph_weight,
-                dropout=dropout,
-                self_dropout=graph_self_dropout,
-                **(graph_kwargs or {}),
+                **encoder_kwargs,
             )
         self.perturbation_genes = pd.Index(vocabulary, name="gene")
         self._label_gene_sets = gene_set_matrix(self._label_genes, self.perturbation_genes)

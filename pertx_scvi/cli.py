@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 logger = logging.getLogger("pertx_scvi")
 
@@ -22,7 +23,7 @@ def _simulated_task(seed: int):
 
     adata, truth, network = datasets.simulate(n_combinations=12, seed=seed)
     combinations = sorted(label for label in truth.index if "+" in label)
-    holdout = list(np.random.default_rng(seed).choice(combinations, size=4, replace=False))
+    holdout = [str(c) for c in np.random.default_rng(seed).choice(combinations, 4, replace=False)]
     setup = {"perturbation_key": "perturbation", "control_group": "control"}
     return adata, setup, sorted(holdout), None
 
@@ -41,6 +42,10 @@ def _papalexi_task(data_path: str | None):
         graph_dir / "omnipath_interactions.csv.gz", id_table=graph_dir / "human_gene_ids.tsv.gz"
     )
     return adata, setup, ["IFNGR2", "STAT1"], graph
+
+
+def _dense(matrix) -> np.ndarray:
+    return np.asarray(matrix.toarray() if hasattr(matrix, "toarray") else matrix)
 
 
 def run_demo(args: argparse.Namespace) -> Path:
@@ -99,13 +104,14 @@ def run_demo(args: argparse.Namespace) -> Path:
     table = summary.pivot(index="metric", columns="method", values="mean")
     table.to_csv(out / "metrics_summary.csv")
 
-    observed = metrics.log_normalize(adata[adata.obs[setup["perturbation_key"]].isin(holdout)])
+    key = setup["perturbation_key"]
+    held_cells = adata[adata.obs[key].isin(holdout)]
     observed_means = (
-        observed.to_df()
-        .groupby(observed.obs[setup["perturbation_key"]].astype(str).to_numpy())
+        pd.DataFrame(_dense(metrics.log_normalize(held_cells)), columns=adata.var_names)
+        .groupby(held_cells.obs[key].astype(str).to_numpy())
         .mean()
     )
-    control_mean = np.asarray(metrics.log_normalize(sources).X.mean(0)).ravel()
+    control_mean = _dense(metrics.log_normalize(sources)).mean(0)
     predicted_means = (
         predictions.to_df().groupby(predictions.obs["perturbation"].astype(str).to_numpy()).mean()
     )
@@ -140,7 +146,7 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder or file with the real data (default: $PERTX_DATA_DIR)",
     )
     parser.add_argument("--out", default="pertx_demo", help="output folder")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--n-layers", type=int, default=2)

@@ -113,12 +113,17 @@ class RelationalConv(MessagePassing):
 
     ``m_vr = s_r * W_r sum_{u in N_r(v)} (w_uv / sum_{u' in N_r(v)} w_u'v) h_u``
 
-    with ``W_r = sum_b a_rb B_b`` (basis decomposition), ``w`` the source's edge weights and
-    ``s_r = softplus(theta_r)`` a learned per-relation weight. Relations are weighed per node by
-    attention, ``alpha_vr = softmax_r(q . tanh(A m_vr + C h_v))`` over the relations that reach
-    ``v``, and
+    with ``W_r = I + sum_b a_rb B_b`` (basis decomposition around the identity), ``w`` the
+    source's edge weights and ``s_r = softplus(theta_r)`` a learned per-relation weight.
+    Relations are weighed per node by attention, ``alpha_vr = softmax_r(q . tanh(A m_vr +
+    C h_v))`` over the relations that reach ``v``, and
 
-    ``out_v = W_self h_v + sum_r alpha_vr m_vr``.
+    ``out_v = (I + W_self) h_v + sum_r alpha_vr m_vr``.
+
+    The bases and ``W_self`` start at zero (and weight decay pulls them back there), so that the
+    layer starts as a weighted average of the node and its neighbours: with few perturbed genes
+    to learn from, a free transform learns to recognise each trained gene by its neighbourhood
+    instead of learning what neighbours share. (When ``d_in != d_out`` there is no identity.)
 
     All relations go through a single :meth:`propagate` call into (node, relation) slots, as a
     sparse adjacency (rows ``target * R + relation``, :meth:`message_and_aggregate`), then one
@@ -144,6 +149,7 @@ class RelationalConv(MessagePassing):
         self.comp = nn.Parameter(torch.empty(n_relations, self.n_bases))
         # softplus(theta) = 1 at initialisation
         self.relation_weight = nn.Parameter(torch.full((n_relations,), math.log(math.e - 1.0)))
+        self.identity = d_in == d_out
         self.lin_self = nn.Linear(d_in, d_out)
         self.att_message = nn.Linear(d_out, d_out, bias=False)
         self.att_node = nn.Linear(d_in, d_out)
@@ -152,16 +158,24 @@ class RelationalConv(MessagePassing):
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        nn.init.xavier_uniform_(self.bases)
         nn.init.constant_(self.comp, 1.0 / math.sqrt(self.n_bases))
         self.lin_self.reset_parameters()
+        if self.identity:
+            nn.init.zeros_(self.bases)
+            nn.init.zeros_(self.lin_self.weight)
+            nn.init.zeros_(self.lin_self.bias)
+        else:
+            nn.init.xavier_uniform_(self.bases)
         self.att_message.reset_parameters()
         self.att_node.reset_parameters()
         nn.init.normal_(self.att_query, std=1.0 / math.sqrt(self.d_out))
 
     def relation_weights(self) -> torch.Tensor:
         """(R, d_in, d_out) relation transforms from the bases."""
-        return torch.einsum("rb,bde->rde", self.comp, self.bases)
+        weights = torch.einsum("rb,bde->rde", self.comp, self.bases)
+        if self.identity:
+            weights = weights + torch.eye(self.d_in, device=weights.device)
+        return weights
 
     def relation_messages(self, x: torch.Tensor, layer: _Layer) -> torch.Tensor:
         """(n_dst, R, d_out) weighted-mean messages per target and relation, times ``s_r``."""
@@ -178,7 +192,8 @@ class RelationalConv(MessagePassing):
         score = torch.tanh(self.att_message(messages) + self.att_node(target)[:, None, :])
         score = (score @ self.att_query).masked_fill(~layer.has_relation, float("-inf"))
         alpha = torch.softmax(score, dim=1).nan_to_num(0.0)  # rows without relations: 0
-        return self.lin_self(target) + (alpha.unsqueeze(-1) * messages).sum(1)
+        own = self.lin_self(target) + (target if self.identity else 0.0)
+        return own + (alpha.unsqueeze(-1) * messages).sum(1)
 
     def message(self, x_j: torch.Tensor, edge_weight: torch.Tensor) -> torch.Tensor:
         return edge_weight.unsqueeze(-1) * x_j
@@ -219,7 +234,7 @@ class RelationalGNN(nn.Module):
         within K-1 hops)."""
         first = None
         for conv, norm, layer in zip(self.convs, self.norms, sub.layers, strict=True):
-            x = norm(x[: layer.n_dst] + self.dropout(F.gelu(conv(x, layer))))
+            x = norm(x[: layer.n_dst] + self.dropout(conv(x, layer)))
             first = x if first is None else first
         return (x, first) if return_first else x
 
@@ -277,9 +292,9 @@ class GraphPerturbationEncoder(PerturbationEncoder):
     dropout
         Dropout in the propagation.
     self_dropout
-        During training, probability of embedding a perturbed gene without its own input vector
-        (a learned mask vector instead; its neighbours keep theirs), so that the encoder learns
-        to embed genes from their neighbours, as it must for genes never perturbed.
+        During training, probability of taking a perturbed gene as never perturbed (its learned
+        vector hidden for the step), so that the encoder learns to embed genes from their
+        neighbours, as it must for unseen genes.
     graph_weight
         Weight of the link-prediction regulariser (0: off).
     n_link_samples
@@ -454,9 +469,12 @@ class GraphPerturbationEncoder(PerturbationEncoder):
         seeds, rows = torch.unique(genes, return_inverse=True)
         return seeds, rows
 
-    def node_inputs(self, nodes: torch.Tensor, untrained: slice | None = None) -> torch.Tensor:
+    def node_inputs(
+        self, nodes: torch.Tensor, untrained: torch.Tensor | slice | None = None
+    ) -> torch.Tensor:
         """(len(nodes), d_model) input vectors: table part + identity part of trained genes,
-        the unknown vector for genes with neither; rows ``untrained`` are taken as untrained."""
+        the unknown vector for genes with neither; rows ``untrained`` (a boolean mask or a
+        slice) are taken as untrained."""
         free_row = self.free_index[nodes]
         trained = self.trained_genes[nodes] & (free_row >= 0)
         if untrained is not None:
@@ -475,28 +493,32 @@ class GraphPerturbationEncoder(PerturbationEncoder):
     def _encode(self, seeds: torch.Tensor) -> torch.Tensor:
         """(len(seeds), d_model) embeddings of sorted unique seeds, views fused.
 
-        With ``self_dropout`` in training, each seed also has an untrained copy (a "ghost" node
-        with the seed's in-edges and the input of a gene never perturbed), and the ghost's
-        embedding replaces the seed's with probability ``self_dropout``: the gene is then
-        embedded from its neighbours (and table vector) only, as an unseen gene is, while the
-        neighbours (other trained genes included) keep their own vectors.
+        With ``self_dropout`` in training, each seed is taken as untrained (its learned vector
+        hidden, everywhere in the subgraph) with probability ``self_dropout``: it is then
+        embedded from its neighbours (and table vector) only, as an unseen gene is. (Hiding it
+        only for its own row would not do: its vector would come back through 2-hop cycles,
+        e.g. regulator -> target -> regulator, and the encoder would learn to recognise trained
+        genes from those echoes instead of learning from their neighbours.)
         """
-        n = len(seeds)
-        ghosts = self.training and self.self_dropout > 0
-        use_ghost = torch.rand(n, 1, device=seeds.device) < self.self_dropout if ghosts else None
+        hidden = None
+        if self.training and self.self_dropout > 0:
+            hidden = torch.rand(len(seeds), device=seeds.device) < self.self_dropout
         if not self.n_views:
-            x = self.node_inputs(seeds)
-            return torch.where(use_ghost, self.node_inputs(seeds, slice(0, n)), x) if ghosts else x
+            return self.node_inputs(seeds, hidden)
         outputs, present = [], []
         for v, gnn in enumerate(self.gnns):
-            sub = self._subgraph(v, seeds, ghosts)
-            x = self.node_inputs(sub.subset, slice(n, 2 * n) if ghosts else None)
+            sub = self._subgraph(v, seeds)
+            mask = None
+            if hidden is not None:  # seeds are the first rows of the subgraph
+                mask = torch.zeros(len(sub.subset), dtype=torch.bool, device=seeds.device)
+                mask[: len(seeds)] = hidden
+            x = self.node_inputs(sub.subset, mask)
             if self.training and self.graph_weight > 0:
                 h, first = gnn(x, sub, return_first=True)
                 self._link_inputs.append((v, first, sub))
             else:
                 h = gnn(x, sub)
-            outputs.append(torch.where(use_ghost, h[n:], h[:n]) if ghosts else h)
+            outputs.append(h)
             present.append(sub.has_edge)
         return self.fuse(torch.stack(outputs, 1), torch.stack(present, 1))
 
@@ -505,24 +527,24 @@ class GraphPerturbationEncoder(PerturbationEncoder):
         raise NotImplementedError
 
     # ---- computation subgraphs ----------------------------------------------------------------
-    def _subgraph(self, view: int, seeds: torch.Tensor, ghosts: bool = False) -> _Subgraph:
+    def _subgraph(self, view: int, seeds: torch.Tensor) -> _Subgraph:
         """The cached K-hop computation subgraph of ``seeds`` (sorted, unique) in ``view``."""
-        key = (view, str(seeds.device), ghosts, tuple(seeds.tolist()))
+        key = (view, str(seeds.device), tuple(seeds.tolist()))
         sub = self._cache.get(key)
         if sub is not None:
             self._cache.move_to_end(key)
             return sub
         # Built outside inference mode: the cached tensors are reused by training steps.
         with torch.inference_mode(False), torch.no_grad():
-            sub = self._build_subgraph(view, seeds.clone(), ghosts)
+            sub = self._build_subgraph(view, seeds.clone())
         self._cache[key] = sub
         while len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
         return sub
 
-    def _build_subgraph(self, view: int, seeds: torch.Tensor, ghosts: bool = False) -> _Subgraph:
-        """Nodes ordered as seeds, [ghost copies of the seeds], new nodes of hop 1, hop 2...;
-        propagation step k updates the nodes within K-k hops (and the ghosts)."""
+    def _build_subgraph(self, view: int, seeds: torch.Tensor) -> _Subgraph:
+        """Nodes ordered as seeds, new nodes of hop 1, hop 2...; propagation step k updates the
+        nodes within K-k hops."""
         edge_index = getattr(self, f"_edge_index_{view}")
         edge_type = getattr(self, f"_edge_type_{view}")
         edge_norm = getattr(self, f"_edge_norm_{view}")
@@ -540,28 +562,14 @@ class GraphPerturbationEncoder(PerturbationEncoder):
             new = subset[~seen[subset]]
             seen[new] = True
             order.append(new)
-        real = torch.cat(order)
-        n_seeds, n_ghosts = len(seeds), len(seeds) if ghosts else 0
-        position = torch.arange(len(real), device=device)
-        position[n_seeds:] += n_ghosts  # the ghost block sits right after the seeds
+        subset = torch.cat(order)
         local = torch.full((self.n_genes,), -1, dtype=torch.long, device=device)
-        local[real] = position
-        subset = torch.cat([seeds, seeds[:n_ghosts], real[n_seeds:]])
+        local[subset] = torch.arange(len(subset), device=device)
         src, dst = local[edge_index[0, edge_mask]], local[edge_index[1, edge_mask]]
         etype, norm = edge_type[edge_mask], edge_norm[edge_mask]
-        link_index = torch.stack([src, dst])
-        if ghosts:  # a ghost hears what its seed hears
-            into_seed = dst < n_seeds
-            src = torch.cat([src, src[into_seed]])
-            dst = torch.cat([dst, dst[into_seed] + n_seeds])
-            norm = torch.cat([norm, norm[into_seed]])
-            link_type, etype = etype, torch.cat([etype, etype[into_seed]])
-        else:
-            link_type = etype
         layers = []
         for k in range(1, self.n_hops + 1):
-            n_dst = len(hops[self.n_hops - k]) + n_ghosts
-            n_src = len(hops[self.n_hops - k + 1]) + n_ghosts
+            n_dst, n_src = len(hops[self.n_hops - k]), len(hops[self.n_hops - k + 1])
             keep = dst < n_dst
             flat = dst[keep] * n_rel + etype[keep]
             in_degree = degree(flat, num_nodes=n_dst * n_rel).view(n_dst, n_rel)
@@ -573,13 +581,13 @@ class GraphPerturbationEncoder(PerturbationEncoder):
                     index.flip(0), norm[keep], size=(n_src, n_dst * n_rel)
                 )
             layers.append(_Layer(n_src, n_dst, adjacency, adjacency_t, in_degree > 0))
-        inside = (link_index < layers[0].n_dst).all(0)  # both ends have a first-step output
+        inside = (dst < layers[0].n_dst) & (src < layers[0].n_dst)  # first-step outputs exist
         return _Subgraph(
             subset=subset,
             layers=layers,
-            edge_index=link_index[:, inside],
-            edge_type=link_type[inside],
-            has_edge=layers[-1].has_relation[:n_seeds].any(1),
+            edge_index=torch.stack([src[inside], dst[inside]]),
+            edge_type=etype[inside],
+            has_edge=layers[-1].has_relation.any(1),
         )
 
     def _apply(self, fn, *args, **kwargs):
