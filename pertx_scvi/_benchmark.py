@@ -58,7 +58,6 @@ __all__ = [
     "load_graph",
     "load_graphs",
     "run_benchmark",
-    "sampled_profiles",
 ]
 
 BASELINE_NAMES = ("control_mean", "train_mean", "additive", "linear", "graph_neighbour")
@@ -648,16 +647,15 @@ def _run_fold(
             gene_embedding=gene_embedding,
             n_top_de=settings["n_top_de"],
             seed=settings["seed"],
+            profile="mean",
         )
-        predicted = predicted_profiles(model, adata[fit_controls], held)
+        predicted = predicted_profiles(model, adata[fit_controls], held, profile="mean")
     else:
         predicted = None
         if predictable:
             sources = adata[fit_controls]
-            predicted = (
-                sampled_profiles(model, sources, predictable, seed=seed)
-                if profile_kind == "sampled"
-                else predicted_profiles(model, sources, predictable)
+            predicted = predicted_profiles(
+                model, sources, predictable, profile=profile_kind, seed=seed
             )
         result = _evaluate_fold(
             model, held, predicted, baselines, graph, gene_embedding, settings, train_cells
@@ -687,36 +685,6 @@ def _run_fold(
         "n_reference_controls": int(reference.sum()),
     }
     return result, profiles, history, info
-
-
-def sampled_profiles(
-    model,
-    sources: AnnData,
-    perturbations: Sequence[str],
-    n_samples: int = 2,
-    batch_size: int = 256,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """PertTX's predicted profiles, averaged like the observed ones (rows: perturbations).
-
-    Counts are drawn from the model's likelihood for every source cell (with its library size,
-    :meth:`~pertx_scvi.PertTX.predict_perturbation`, ``layers["counts"]``), normalised like
-    the data (``log1p(normalize_total 1e4)`` per cell) and averaged over cells and samples.
-    The observed profiles of :func:`pertx_scvi.metrics.compare` are means of per-cell
-    log-normalised counts; the log of the predicted *mean* (``predict_perturbation(...).X``) is
-    larger than such a mean of logs wherever counts are low (Jensen's inequality: about +1 on
-    Papalexi's 200 UMIs per cell), so only profiles built the same way are comparable.
-    """
-    prediction = model.predict_perturbation(
-        sources, list(perturbations), n_samples=n_samples, batch_size=batch_size, seed=seed
-    )
-    counts = AnnData(X=prediction.layers["counts"], var=prediction.var)
-    X = metrics.log_normalize(counts)
-    labels = prediction.obs["perturbation"].astype(str).to_numpy()
-    means = [np.asarray(X[labels == p].mean(axis=0)).ravel() for p in perturbations]
-    return pd.DataFrame(
-        np.vstack(means), index=list(perturbations), columns=prediction.var_names.astype(str)
-    )
 
 
 def _evaluate_fold(
@@ -1106,6 +1074,7 @@ def benchmark(
     linear_embedding: str = "auto",
     n_top_de: int = 20,
     pertx_profile: str = "sampled",
+    shuffled_graph: bool = False,
     n_boot: int = 1000,
     data_dir: str | os.PathLike | None = None,
     threads: int | None = None,
@@ -1163,9 +1132,15 @@ def benchmark(
     pertx_profile
         How PertTX's predicted profile of a perturbation is formed from its predictions for the
         source controls: ``"sampled"`` (default; counts drawn from the model, log-normalised per
-        cell and averaged, like the observed profiles, :func:`sampled_profiles`) or ``"mean"``
-        (the mean of ``predict_perturbation(...).X``, the log of the predicted mean, as
-        :meth:`~pertx_scvi.PertTX.evaluate` does; biased upwards on sparse data).
+        cell and averaged, like the observed profiles; what :meth:`~pertx_scvi.PertTX.evaluate`
+        does for count likelihoods) or ``"mean"`` (the mean of ``predict_perturbation(...).X``,
+        the log of the predicted mean; biased upwards on sparse data). See
+        :func:`pertx_scvi._evaluate.predicted_profiles`.
+    shuffled_graph
+        Also train, per fold, the same model given a degree-preserving shuffled copy of every
+        graph (:meth:`GeneGraph.shuffled <pertx_scvi.GeneGraph.shuffled>`), reported as
+        ``PertTX_shuffled_graph``: whether the graph's wiring, not merely its presence, is what
+        helps. Doubles the training time.
     n_boot
         Bootstrap resamples of the intervals.
     data_dir
@@ -1221,6 +1196,7 @@ def benchmark(
             "baselines": [str(b) for b in baselines],
             "n_top_de": int(n_top_de),
             "pertx_profile": str(pertx_profile),
+            "shuffled_graph": bool(shuffled_graph),
         }
         unknown = [b for b in settings["baselines"] if b not in BASELINE_NAMES]
         if unknown:
@@ -1359,6 +1335,27 @@ def benchmark(
                         id_table,
                         model_graph,
                     )
+                    if settings["shuffled_graph"] and model_graph is not None:
+                        bars.reset(epoch_task, total=settings["epochs"])
+                        bars.update(epoch_task, description=f"fold {k} epochs (shuffled graph)")
+                        graphs = model_graph if isinstance(model_graph, list) else [model_graph]
+                        shuffled = [g.shuffled(seed=settings["seed"]) for g in graphs]
+                        shuffled_result, _, _, shuffled_info = _run_fold(
+                            k,
+                            held,
+                            loaded,
+                            {**settings, "baselines": []},
+                            gene_graph,
+                            embedding,
+                            control_cells,
+                            update_epoch,
+                            id_table,
+                            shuffled if len(shuffled) > 1 else shuffled[0],
+                        )
+                        shuffled_result = shuffled_result[shuffled_result["method"] == "PertTX"]
+                        shuffled_result = shuffled_result.assign(method="PertTX_shuffled_graph")
+                        result = pd.concat([result, shuffled_result], ignore_index=True)
+                        info["train_seconds_shuffled_graph"] = shuffled_info["train_seconds"]
                 info["hash"] = digest
                 profiles = profiles.rename_axis("row").reset_index()
                 profiles.insert(0, "fold", k)
@@ -1538,7 +1535,13 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("sampled", "mean"),
         default="sampled",
         help="PertTX profile: mean of log-normalised sampled counts, like the observed profiles "
-        "(default), or log of the predicted mean (model.evaluate)",
+        "(default, as model.evaluate does), or log of the predicted mean",
+    )
+    evaluation.add_argument(
+        "--shuffled-graph",
+        action="store_true",
+        help="also train PertTX on degree-preserving shuffled graphs (PertTX_shuffled_graph): "
+        "does the graph's wiring help? Doubles the training time",
     )
     evaluation.add_argument(
         "--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)"
@@ -1624,6 +1627,7 @@ def run_benchmark(args: argparse.Namespace) -> Path:
         linear_embedding=args.linear_embedding,
         n_top_de=args.n_top_de,
         pertx_profile=args.pertx_profile,
+        shuffled_graph=args.shuffled_graph,
         n_boot=args.n_boot,
         data_dir=args.data_dir,
         threads=args.threads,

@@ -53,7 +53,8 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
     d_hidden
         Hidden units of the feed-forward blocks and decoders.
     dropout
-        Dropout rate.
+        Dropout rate (0 by default: on CPU, drawing dropout masks over every token took a
+        quarter of a training step; 0.1 is a common choice on a GPU with much data).
     attention_backend
         ``"auto"`` (flash-attn on CUDA when installed, else SDPA), ``"sdpa"``, ``"native"``
         or ``"flash"``.
@@ -62,9 +63,25 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
         a per-gene-per-cell dropout probability predicted from the source cell and the
         perturbation) or ``"mse"`` (squared error on log1p(normalize_total) values).
     mask_ratio
-        Share of genes hidden for masked-expression reconstruction.
+        Share of gene tokens hidden for masked-expression reconstruction.
+    mlm_cell
+        The cell of each (control, perturbed) pair that is masked: ``"source"`` (default; one
+        encoder pass per pair, the masked control cell also gives the embedding the perturbed
+        cell is decoded from) or ``"target"`` (the perturbed cell is masked and encoded beside
+        the unmasked control: twice the encoder cost per step).
+    max_genes
+        Gene tokens per cell: expressed genes first, then zeros (randomly chosen in training,
+        fixed at inference). ``None`` (default): every gene. Attention cost grows with the
+        square of the tokens, so on sparse data a value near the number of genes a cell
+        expresses trains much faster; the decoders still predict every gene.
+    value_encoding
+        Expression value encoder of the tokens: ``"continuous"`` (an MLP of the
+        log-normalised value) or ``"binned"`` (scGPT-style per-cell quantile bins).
     next_cell_weight, mlm_weight
         Loss weights of next-cell prediction and masked-expression reconstruction.
+    reconstruction_weight
+        Loss weight of the control cell's own expression decoded from its embedding
+        (scGPT's MVC; it keeps cell embeddings from collapsing onto their context).
     cell_type_weight
         Cell-type classification from the cell embedding (target and source cells); active
         when ``cell_type_key`` names two or more types at setup.
@@ -157,12 +174,16 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
         n_heads: int = 4,
         n_layers: int = 2,
         d_hidden: int = 128,
-        dropout: float = 0.1,
+        dropout: float = 0.0,
         attention_backend: str = "auto",
         likelihood: str = "nb",
         mask_ratio: float = 0.15,
+        mlm_cell: str = "source",
+        max_genes: int | None = None,
+        value_encoding: str = "continuous",
         next_cell_weight: float = 1.0,
         mlm_weight: float = 1.0,
+        reconstruction_weight: float = 1.0,
         cell_type_weight: float = 1.0,
         next_cell_type_weight: float = 1.0,
         perturbation_weight: float = 0.0,
@@ -237,8 +258,12 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
             attention_backend=attention_backend,
             likelihood=likelihood,
             mask_ratio=mask_ratio,
+            mlm_cell=mlm_cell,
+            max_genes=max_genes,
+            value_encoding=value_encoding,
             next_cell_weight=next_cell_weight,
             mlm_weight=mlm_weight,
+            reconstruction_weight=reconstruction_weight,
             **self._head_sizes(adata),
             cell_type_weight=cell_type_weight,
             next_cell_type_weight=next_cell_type_weight,
@@ -835,6 +860,7 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
         n_top_de: int = 20,
         batch_size: int = 256,
         seed: int = 0,
+        profile: str = "auto",
     ) -> pd.DataFrame:
         """Score predictions of held-out perturbations against baselines fitted on the same cells.
 
@@ -860,7 +886,13 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
         n_top_de
             Number of top DE genes for the ``*_top`` metrics.
         batch_size, seed
-            Prediction batch size; seed of the strong-effect splits.
+            Prediction batch size; seed of the count sampling and of the strong-effect splits.
+        profile
+            How PertTX's profile of a perturbation is formed (see
+            :func:`pertx_scvi._evaluate.predicted_profiles`): ``"sampled"`` (counts drawn from
+            the likelihood, log-normalised per cell and averaged, exactly as the observed
+            profiles are), ``"mean"`` (log of the predicted mean) or ``"auto"`` (``sampled``
+            for count likelihoods, ``mean`` for ``mse``).
 
         Returns
         -------
@@ -879,6 +911,7 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
             n_top_de,
             batch_size,
             seed,
+            profile,
         )
         target = self.adata if adata is None else adata
         target.uns["pertx_evaluation"] = result

@@ -30,7 +30,9 @@ SIM = {
     "n_cell_types": 3,
     "seed": 0,
 }
-EPOCHS = 12
+# 25 epochs: at 12 the one-layer model had not yet separated the cell types on some seeds
+# (accuracy 0.77-0.96); at 25 it was 0.98-1.0 over seeds 0-3.
+EPOCHS = 25
 HOLDOUT = "REG01"
 QUIET = {"enable_progress_bar": False}
 
@@ -61,6 +63,7 @@ def trained(simulated):
     """
     adata = simulated[0].copy()
     _setup(adata)
+    torch.manual_seed(0)  # the weights do not depend on which tests ran before
     model = px.PertTX(
         adata,
         perturbation_weight=1.0,
@@ -86,6 +89,7 @@ def test_every_term_logged_per_epoch(trained):
     terms = (
         "next_cell",
         "mlm",
+        "reconstruction",
         "cell_type",
         "next_cell_type",
         "perturbation",

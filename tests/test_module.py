@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from pertx_scvi._constants import BATCH_KEYS
 from pertx_scvi.module import PertTXModule, TransformerEncoder, flash_attn_available
 from pertx_scvi.module._embeddings import BinnedValueEncoder, ExpressionTokenizer, select_tokens
 
@@ -115,3 +116,70 @@ def test_self_term_hits_only_measured_targets():
     term = module.decoder.self_term(torch.tensor([[0, 2], [3, -1]]), 10)
     assert term[0, 0] == -2.0 and term[0].sum() == -2.0  # gene 2 is not measured
     assert term[1, 3] == -2.0 and term[1].sum() == -2.0
+
+
+def _pair_batch(n_cells=6, n_genes=10, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    counts = torch.poisson(torch.rand(2 * n_cells, n_genes, generator=generator) * 3)
+    return {
+        BATCH_KEYS.SOURCE_X: counts[:n_cells],
+        BATCH_KEYS.TARGET_X: counts[n_cells:],
+        BATCH_KEYS.PERTURBATION_GENES: torch.tensor([[0, -1], [2, 3]] * (n_cells // 2)),
+    }
+
+
+def _loss_terms(module, tensors):
+    inference = module.inference(**module._get_inference_input(tensors))
+    generative = module.generative(**module._get_generative_input(tensors, inference))
+    return inference, module.loss(tensors, inference, generative).reconstruction_loss
+
+
+@pytest.mark.parametrize(("mlm_cell", "sequences_per_pair"), [("source", 1), ("target", 2)])
+def test_masked_cell_sets_encoder_passes(mlm_cell, sequences_per_pair):
+    """Masking the source cell encodes one sequence per pair; masking the target two."""
+    module = _module(mlm_cell=mlm_cell)
+    seen = []
+    module.encoder.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[0]))
+    tensors = _pair_batch()
+    inference, terms = _loss_terms(module, tensors)
+    assert seen == [6 * sequences_per_pair]
+    assert set(terms) == {"next_cell", "mlm", "reconstruction"}
+    assert all(torch.isfinite(value).all() for value in terms.values())
+    # The masked-expression target is the masked cell's own values.
+    masked = tensors[BATCH_KEYS.SOURCE_X if mlm_cell == "source" else BATCH_KEYS.TARGET_X]
+    expected = torch.log1p(masked / masked.sum(-1, keepdim=True).clamp(min=1) * 1e4)
+    torch.testing.assert_close(inference["mlm_values"], expected)
+
+
+def test_max_genes_tokenises_a_subset_and_decodes_every_gene():
+    module = _module(max_genes=4)
+    tensors = _pair_batch()
+    inference, terms = _loss_terms(module, tensors)
+    assert inference["mlm_prediction"].shape == (6, 4)
+    assert all(torch.isfinite(value).all() for value in terms.values())
+    module.eval()
+    with torch.no_grad():
+        output = module.decode(
+            module.embed_cells(tensors[BATCH_KEYS.SOURCE_X]), torch.tensor([[0, -1]] * 6)
+        )
+        again = module.embed_cells(tensors[BATCH_KEYS.SOURCE_X])
+    assert output.shape == (6, 10)
+    # Inference picks the same tokens every time: the embedding is deterministic.
+    torch.testing.assert_close(module.embed_cells(tensors[BATCH_KEYS.SOURCE_X]), again)
+
+
+def test_inference_token_choice_prefers_the_most_expressed_genes():
+    values = torch.tensor([[0.0, 3.0, 0.0, 1.0, 2.0, 0.0, 0.5, 0.0]])
+    chosen = select_tokens(values, 3, random=False)
+    assert set(chosen[0].tolist()) == {1, 4, 3}
+    assert torch.equal(
+        select_tokens(values, 6, random=False), select_tokens(values, 6, random=False)
+    )
+    assert {1, 3, 4, 6} <= set(select_tokens(values, 6, random=False)[0].tolist())
+
+
+def test_zero_reconstruction_weight_removes_head_and_term():
+    module = _module(reconstruction_weight=0.0)
+    assert module.reconstruction_head is None
+    _, terms = _loss_terms(module, _pair_batch())
+    assert "reconstruction" not in terms

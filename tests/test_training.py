@@ -149,3 +149,33 @@ def test_validation_pairs_are_fixed_training_pairs_are_redrawn(screen):
     c, d = redrawn[positions], redrawn[positions]
     assert not torch.equal(c["source_x"], d["source_x"])
     assert torch.equal(c["target_x"], d["target_x"])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_genes": 12, "value_encoding": "binned"},
+        {"mlm_cell": "target", "value_encoding": "continuous"},
+    ],
+)
+def test_token_options_train_and_predict_every_gene(screen, options):
+    """Fewer tokens than genes, binned values, masking the target: all through the public API."""
+    torch.manual_seed(0)
+    model = px.PertTX(screen, **TINY, **options)
+    model.train(max_epochs=8, lr=3e-3, lr_schedule="constant", enable_progress_bar=False)
+    losses = model.history["train_loss"]["train_loss"].to_numpy(dtype=float)
+    assert losses[-2:].mean() < losses[:2].mean(), losses
+    controls = screen[screen.obs["perturbation"] == "control"][:10]
+    prediction = model.predict_perturbation(controls, ["REG01"])
+    assert prediction.shape == (10, screen.n_vars)
+    latent = model.get_latent_representation(controls)
+    np.testing.assert_array_equal(latent, model.get_latent_representation(controls))
+
+
+def test_bad_token_options_are_clear_errors(screen):
+    with pytest.raises(ValueError, match="mlm_cell"):
+        px.PertTX(screen, mlm_cell="both")
+    with pytest.raises(ValueError, match="max_genes"):
+        px.PertTX(screen, max_genes=0)
+    with pytest.raises(ValueError, match="value_encoding"):
+        px.PertTX(screen, value_encoding="rank")

@@ -45,12 +45,22 @@ class BinnedValueEncoder(nn.Module):
         return self.embedding(self.bins(values))
 
 
-def select_tokens(values: torch.Tensor, max_genes: int) -> torch.Tensor:
-    """Gene positions (batch, max_genes) per cell: expressed genes first, then random zeros.
+def select_tokens(values: torch.Tensor, max_genes: int, random: bool = True) -> torch.Tensor:
+    """Gene positions (batch, max_genes) per cell: expressed genes first, then zeros.
 
-    When a cell expresses more than ``max_genes`` genes, a random subset of them is kept.
+    ``random=True`` (training): a random subset of the expressed genes when a cell expresses
+    more than ``max_genes``, and random zeros to fill the rest, redrawn at every call.
+    ``random=False`` (inference): the most expressed genes, and zeros in a fixed gene order
+    (a hash of the gene position), so that a cell always gets the same tokens.
     """
-    priority = (values > 0).float() + torch.rand_like(values) * 0.5
+    if random:
+        priority = (values > 0).float() + torch.rand_like(values) * 0.5
+    else:
+        position = torch.arange(values.shape[-1], device=values.device)
+        # Knuth's multiplicative hash spreads the fixed zero choice over the gene list.
+        tiebreak = ((position * 2654435761) % 1000003).float() / 1000003
+        scale = values.amax(-1, keepdim=True).clamp(min=1e-6)
+        priority = (values > 0).float() + 0.5 * values / scale + 0.01 * tiebreak
     return priority.topk(max_genes, dim=-1, sorted=False).indices
 
 

@@ -9,7 +9,7 @@ from torch import nn
 from pertx_scvi._constants import BATCH_KEYS
 
 from ._decoders import NextCellDecoder, mlp
-from ._embeddings import ExpressionTokenizer
+from ._embeddings import ExpressionTokenizer, ValueEncoding, select_tokens
 from ._heads import (
     ClassificationHead,
     EmbeddingStandardizer,
@@ -31,6 +31,7 @@ from ._transformer import AttentionBackend, TransformerEncoder
 
 Likelihood = Literal["nb", "zinb", "mse"]
 ContrastiveLabels = Literal["perturbation", "cell_type"]
+MaskedCell = Literal["source", "target"]
 TARGET_SUM = 1e4
 # Loss terms computed from cell embeddings (besides next_cell and mlm).
 HEAD_TERMS = (
@@ -62,7 +63,8 @@ class PertTXModule(BaseModuleClass):
     perturbation_encoder
         Embeds gene sets; defaults to one free embedding per perturbed gene.
     d_model, n_heads, n_layers, d_hidden, dropout
-        Transformer size.
+        Transformer size and dropout. Dropout is 0 by default: on CPU, drawing dropout masks
+        over every token took a quarter of a training step.
     attention_backend
         ``"auto"``, ``"native"``, ``"sdpa"`` or ``"flash"``.
     likelihood
@@ -71,9 +73,25 @@ class PertTXModule(BaseModuleClass):
         the decoder input (source embedding and perturbation embedding);
         ``"mse"``: squared error on log1p(normalize_total) values.
     mask_ratio
-        Fraction of the target cell's genes hidden for masked-expression reconstruction.
+        Fraction of a cell's gene tokens hidden for masked-expression reconstruction.
+    mlm_cell
+        Which cell of a pair is masked: ``"source"`` (one encoder pass per pair: the masked
+        control cell also gives the embedding the next cell is decoded from) or ``"target"``
+        (the perturbed cell is masked and encoded besides the unmasked source: twice the
+        encoder cost).
+    max_genes
+        Gene tokens per cell (expressed genes first, then zeros; random during training,
+        fixed at inference, see :func:`~pertx_scvi.module.select_tokens`). ``None``: every
+        gene. Decoders still predict every gene.
+    value_encoding
+        ``"continuous"`` (an MLP of the log-normalised value) or ``"binned"`` (scGPT-style
+        per-cell quantile bins).
     next_cell_weight, mlm_weight
         Weights of the next-cell and masked-expression terms.
+    reconstruction_weight
+        Weight of the source cell's own expression (every gene, same likelihood) decoded from
+        its embedding (scGPT's MVC). Without it nothing asks the embedding to tell cells of a
+        context apart (next-cell targets are other cells) and it collapses.
     n_cell_types
         Number of cell-type classes; below 2 there is no cell-type head.
     n_perturbation_labels
@@ -118,12 +136,16 @@ class PertTXModule(BaseModuleClass):
         n_heads: int = 4,
         n_layers: int = 2,
         d_hidden: int = 128,
-        dropout: float = 0.1,
+        dropout: float = 0.0,
         attention_backend: AttentionBackend = "auto",
         likelihood: Likelihood = "nb",
         mask_ratio: float = 0.15,
+        mlm_cell: MaskedCell = "source",
+        max_genes: int | None = None,
+        value_encoding: ValueEncoding = "continuous",
         next_cell_weight: float = 1.0,
         mlm_weight: float = 1.0,
+        reconstruction_weight: float = 1.0,
         n_cell_types: int = 0,
         n_perturbation_labels: int = 0,
         n_phenotypes: int = 0,
@@ -146,9 +168,14 @@ class PertTXModule(BaseModuleClass):
             raise ValueError(f"likelihood must be 'nb', 'zinb' or 'mse', got {likelihood!r}")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        if mlm_cell not in ("source", "target"):
+            raise ValueError(f"mlm_cell must be 'source' or 'target', got {mlm_cell!r}")
+        if max_genes is not None and max_genes < 1:
+            raise ValueError(f"max_genes must be a positive number of genes or None: {max_genes}")
         weights = {
             "next_cell": next_cell_weight,
             "mlm": mlm_weight,
+            "reconstruction": reconstruction_weight,
             "cell_type": cell_type_weight,
             "next_cell_type": next_cell_type_weight,
             "perturbation": perturbation_weight,
@@ -177,12 +204,14 @@ class PertTXModule(BaseModuleClass):
         self.n_genes = n_genes
         self.likelihood = likelihood
         self.mask_ratio = mask_ratio
+        self.mlm_cell = mlm_cell
+        self.max_genes = None if max_genes is None or max_genes >= n_genes else int(max_genes)
         self.loss_weights = weights
         self.contrastive_labels = contrastive_labels
         self.contrastive_temperature = contrastive_temperature
         self.triplet_margin = triplet_margin
 
-        self.tokenizer = ExpressionTokenizer(n_genes, d_model, dropout)
+        self.tokenizer = ExpressionTokenizer(n_genes, d_model, dropout, value_encoding)
         self.encoder = TransformerEncoder(
             d_model, n_heads, n_layers, d_hidden, dropout, attention_backend
         )
@@ -191,6 +220,9 @@ class PertTXModule(BaseModuleClass):
             n_perturbation_genes, d_model
         )
         self.decoder = NextCellDecoder(d_model, n_genes, d_hidden, self_gene_index, dropout)
+        self.reconstruction_head = None
+        if reconstruction_weight > 0:
+            self.reconstruction_head = mlp(d_model, d_hidden, n_genes, dropout)
         # Per-gene NB inverse dispersion, as scVI's dispersion="gene".
         self.log_theta = nn.Parameter(torch.zeros(n_genes))
         self.dropout_head = None
@@ -236,6 +268,11 @@ class PertTXModule(BaseModuleClass):
         return all(module is not None for module in required)
 
     @property
+    def _masks_source(self) -> bool:
+        """Whether training masks the source cell (then heads do not read its embedding)."""
+        return self.loss_weights["mlm"] > 0 and self.mask_ratio > 0 and self.mlm_cell == "source"
+
+    @property
     def _needs_target_embedding(self) -> bool:
         """Whether some term reads the target cell's embedding (so the target is encoded)."""
         return any(
@@ -243,15 +280,27 @@ class PertTXModule(BaseModuleClass):
         )
 
     # ---- building blocks --------------------------------------------------------------------
-    def _encode(self, values: torch.Tensor, mask: torch.Tensor | None = None):
-        hidden = self.encoder(self.tokenizer(values, mask))
+    def select_genes(self, values: torch.Tensor) -> torch.Tensor | None:
+        """Token gene positions (batch, max_genes), or None when every gene is a token."""
+        if self.max_genes is None:
+            return None
+        return select_tokens(values, self.max_genes, random=self.training)
+
+    def _encode(
+        self,
+        values: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        genes: torch.Tensor | None = None,
+    ):
+        hidden = self.encoder(self.tokenizer(values, mask, genes))
         return hidden[:, 0], hidden[:, 1:]
 
     @auto_move_data
     def embed_cells(self, counts: torch.Tensor) -> torch.Tensor:
         """CLS embeddings (batch, d_model) of unmasked cells."""
         library = counts.sum(-1, keepdim=True).clamp(min=1.0)
-        return self._encode(log_normalize(counts, library, TARGET_SUM))[0]
+        values = log_normalize(counts, library, TARGET_SUM)
+        return self._encode(values, genes=self.select_genes(values))[0]
 
     def decode(self, z: torch.Tensor, gene_sets: torch.Tensor) -> torch.Tensor:
         """Link-space output of the next-cell decoder for sources ``z`` and perturbations."""
@@ -348,31 +397,48 @@ class PertTXModule(BaseModuleClass):
         target_library = target_x.sum(-1, keepdim=True).clamp(min=1.0)
         source_values = log_normalize(source_x, source_library, TARGET_SUM)
         target_values = log_normalize(target_x, target_library, TARGET_SUM)
-        outputs = {"target_library": target_library, "target_values": target_values}
+        outputs = {
+            "target_library": target_library,
+            "target_values": target_values,
+            "source_library": source_library,
+            "source_values": source_values,
+        }
         batch = source_x.shape[0]
         heads = self._needs_target_embedding
-        if self.loss_weights["mlm"] > 0 and self.mask_ratio > 0:
-            # Source and target cells go through the encoder as one batch of sequences. Heads
-            # read the target unmasked (a third block): masking moves the CLS embedding more
-            # than the cells differ from each other, so masked embeddings would teach the heads
-            # mostly noise, and prediction embeds unmasked cells.
-            mask = torch.rand_like(target_values) < self.mask_ratio
-            no_mask = torch.zeros_like(mask)
-            values = [source_values, target_values] + [target_values] * heads
-            masks = [no_mask, mask] + [no_mask] * heads
-            z, tokens = self._encode(torch.cat(values), torch.cat(masks))
+        mlm = self.loss_weights["mlm"] > 0 and self.mask_ratio > 0
+        # Cells that go through the encoder, as one batch of sequences: the source (masked
+        # when it is the MLM cell), the masked target (MLM on the target), and the unmasked
+        # target when heads read it. Heads never read masked embeddings: masking moves the
+        # CLS embedding more than cells differ from each other.
+        blocks = ["source"]
+        if mlm and self.mlm_cell == "target":
+            blocks.append("masked_target")
+        if heads:
+            blocks.append("target")
+        values = {"source": source_values, "masked_target": target_values, "target": target_values}
+        cat_values = torch.cat([values[b] for b in blocks])
+        genes = self.select_genes(cat_values)
+        n_tokens = cat_values.shape[1] if genes is None else genes.shape[1]
+        masks = torch.zeros(len(cat_values), n_tokens, dtype=torch.bool, device=source_x.device)
+        masked_block = None
+        if mlm:
+            masked_block = blocks.index("source" if self.mlm_cell == "source" else "masked_target")
+            rows = slice(masked_block * batch, (masked_block + 1) * batch)
+            masks[rows] = torch.rand(batch, n_tokens, device=source_x.device) < self.mask_ratio
+        z, tokens = self._encode(cat_values, masks if mlm else None, genes)
+        outputs["z"] = z[:batch]
+        if heads:
+            outputs["target_z"] = z[blocks.index("target") * batch :][:batch]
+        if mlm:
+            rows = slice(masked_block * batch, (masked_block + 1) * batch)
+            observed = cat_values[rows]
+            if genes is not None:
+                observed = observed.gather(1, genes[rows])
             outputs.update(
-                z=z[:batch],
-                mlm_prediction=self.mlm_head(tokens[batch : 2 * batch]).squeeze(-1),
-                mlm_mask=mask,
+                mlm_prediction=self.mlm_head(tokens[rows]).squeeze(-1),
+                mlm_mask=masks[rows],
+                mlm_values=observed,
             )
-            if heads:
-                outputs["target_z"] = z[2 * batch :]
-        elif heads:
-            z = self._encode(torch.cat([source_values, target_values]))[0]
-            outputs.update(z=z[:batch], target_z=z[batch:])
-        else:
-            outputs["z"] = self._encode(source_values)[0]
         return outputs
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs):
@@ -391,9 +457,16 @@ class PertTXModule(BaseModuleClass):
         if not any(self._active(term) for term in HEAD_TERMS):
             return terms
         z, target_z = inference_outputs["z"], inference_outputs.get("target_z")
-        # One standardisation (statistics of this batch's real cells) for every head input.
-        statistics = self.head_norm.statistics(z if target_z is None else torch.cat([target_z, z]))
+        # Heads learn from unmasked embeddings with their own labels: the target, and the
+        # source (which shares the target's cell type) unless it was masked. One
+        # standardisation (statistics of those embeddings) serves every head input.
+        if target_z is None:
+            current = z
+        else:
+            current = target_z if self._masks_source else torch.cat([target_z, z])
+        statistics = self.head_norm.statistics(current)
         z = self.head_norm(z, statistics)
+        current = self.head_norm(current, statistics)
         if target_z is not None:
             target_z = self.head_norm(target_z, statistics)
         next_z = generative_outputs.get("next_z")
@@ -401,11 +474,11 @@ class PertTXModule(BaseModuleClass):
             next_z = self.head_norm(next_z, statistics)
         labels = tensors[BATCH_KEYS.TARGET_LABEL].long().reshape(-1)
         cell_type = tensors[BATCH_KEYS.CELL_TYPE].long().reshape(-1)
+        n_current = len(current) // len(labels)
         if self._active("cell_type"):
-            # Targets (masked when MLM is on) and sources: sources share the target's type.
-            logits = self.cell_type_head(torch.cat([target_z, z]))
-            loss = classification_loss(logits, cell_type.repeat(2))
-            terms["cell_type"] = loss.view(2, -1).mean(0)
+            logits = self.cell_type_head(current)
+            loss = classification_loss(logits, cell_type.repeat(n_current))
+            terms["cell_type"] = loss.view(n_current, -1).mean(0)
         if self._active("next_cell_type"):
             terms["next_cell_type"] = classification_loss(self.cell_type_head(next_z), cell_type)
         if self._active("perturbation"):
@@ -414,10 +487,11 @@ class PertTXModule(BaseModuleClass):
             standardize = self.phenotype_head.standardize
             phenotype = standardize(tensors[BATCH_KEYS.PHENOTYPE].float())
             if self._active("phenotype"):
-                source_phenotype = standardize(tensors[BATCH_KEYS.SOURCE_PHENOTYPE].float())
-                predicted = self.phenotype_head(torch.cat([target_z, z]))
-                loss = regression_loss(predicted, torch.cat([phenotype, source_phenotype]))
-                terms["phenotype"] = loss.view(2, -1).mean(0)
+                observed = [phenotype]
+                if n_current == 2:
+                    observed.append(standardize(tensors[BATCH_KEYS.SOURCE_PHENOTYPE].float()))
+                loss = regression_loss(self.phenotype_head(current), torch.cat(observed))
+                terms["phenotype"] = loss.view(n_current, -1).mean(0)
             if self._active("next_phenotype"):
                 terms["next_phenotype"] = regression_loss(self.phenotype_head(next_z), phenotype)
         if self._active("next_embedding"):
@@ -433,24 +507,44 @@ class PertTXModule(BaseModuleClass):
             terms["triplet"] = triplet_loss(target_z, pair_labels, self.triplet_margin)
         return terms
 
+    def _expression_loss(
+        self,
+        output: torch.Tensor,
+        counts: torch.Tensor,
+        library: torch.Tensor,
+        values: torch.Tensor,
+        dropout_logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Per-cell loss of decoder ``output`` (link space) for observed ``counts``."""
+        if self.likelihood == "mse":
+            return squared_error_loss(output, values)
+        mean = output.softmax(-1) * library
+        theta = self.log_theta.exp()
+        if dropout_logits is not None:
+            return zero_inflated_negative_binomial_loss(counts, mean, theta, dropout_logits)
+        return negative_binomial_loss(counts, mean, theta)
+
     def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
-        output = generative_outputs["output"]
-        target_x = tensors[BATCH_KEYS.TARGET_X]
-        if self.likelihood == "nb":
-            mean = output.softmax(-1) * inference_outputs["target_library"]
-            next_cell = negative_binomial_loss(target_x, mean, self.log_theta.exp())
-        elif self.likelihood == "zinb":
-            mean = output.softmax(-1) * inference_outputs["target_library"]
-            next_cell = zero_inflated_negative_binomial_loss(
-                target_x, mean, self.log_theta.exp(), generative_outputs["dropout_logits"]
+        terms = {
+            "next_cell": self._expression_loss(
+                generative_outputs["output"],
+                tensors[BATCH_KEYS.TARGET_X],
+                inference_outputs["target_library"],
+                inference_outputs["target_values"],
+                generative_outputs.get("dropout_logits"),
             )
-        else:
-            next_cell = squared_error_loss(output, inference_outputs["target_values"])
-        terms = {"next_cell": next_cell}
+        }
+        if self.reconstruction_head is not None:
+            terms["reconstruction"] = self._expression_loss(
+                self.reconstruction_head(inference_outputs["z"]),
+                tensors[BATCH_KEYS.SOURCE_X],
+                inference_outputs["source_library"],
+                inference_outputs["source_values"],
+            )
         if "mlm_prediction" in inference_outputs:
             terms["mlm"] = squared_error_loss(
                 inference_outputs["mlm_prediction"],
-                inference_outputs["target_values"],
+                inference_outputs["mlm_values"],
                 inference_outputs["mlm_mask"],
             )
         terms.update(self._head_terms(tensors, inference_outputs, generative_outputs))
@@ -458,7 +552,7 @@ class PertTXModule(BaseModuleClass):
         regularization = self.perturbation_encoder.regularization_loss()
         if regularization is not None:
             # A per-batch scalar, spread over cells so LossOutput keeps one value per cell.
-            weighted["graph"] = regularization.expand(next_cell.shape[0])
+            weighted["graph"] = regularization.expand(terms["next_cell"].shape[0])
         total = sum(value.mean() for value in weighted.values())
         return LossOutput(loss=total, reconstruction_loss=weighted)
 
