@@ -90,7 +90,7 @@ QUICK: dict[str, Any] = {
     "d_model": 32,
     "n_layers": 1,
     "n_heads": 2,
-    "epochs": 4,
+    "epochs": 20,
     "batch_size": 64,
     "lr": 2e-3,
 }
@@ -1114,7 +1114,7 @@ def benchmark(
     d_model, n_layers, n_heads
         PertTX size (default 64, 2, 4; 32, 1, 2 with ``quick``).
     epochs, batch_size, lr
-        Training (default 2, 64, 1e-3; 4, 64, 2e-3 with ``quick``).
+        Training (default 2, 64, 1e-3; 20, 64, 2e-3 with ``quick``).
     validation_size
         Share of the training cells used for the validation loss.
     split_control
