@@ -234,7 +234,7 @@ class RelationalGNN(nn.Module):
         within K-1 hops)."""
         first = None
         for conv, norm, layer in zip(self.convs, self.norms, sub.layers, strict=True):
-            x = norm(x[: layer.n_dst] + self.dropout(conv(x, layer)))
+            x = norm(x[: layer.n_dst] + self.dropout(F.gelu(conv(x, layer))))
             first = x if first is None else first
         return (x, first) if return_first else x
 
