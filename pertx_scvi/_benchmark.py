@@ -43,6 +43,7 @@ import pandas as pd
 from anndata import AnnData
 
 from . import metrics
+from ._evaluate import keep_torch_threads
 from ._labels import DEFAULT_CONTROL_TOKENS, DEFAULT_SEPARATOR, parse_perturbation
 
 logger = logging.getLogger(__name__)
@@ -565,6 +566,7 @@ def _mean_profiles(adata: AnnData, mask_by_name: dict[str, np.ndarray], layer: s
     return pd.DataFrame.from_dict(rows, orient="index", columns=adata.var_names.astype(str))
 
 
+@keep_torch_threads()  # the metrics' numba kernels reset the thread count torch uses
 def _run_fold(
     fold: int,
     held: list[str],

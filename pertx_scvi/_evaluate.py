@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,6 +16,23 @@ if TYPE_CHECKING:
     from ._model import PertTX
 
 DEFAULT_BASELINES = ("control_mean", "train_mean", "additive", "linear", "graph_neighbour")
+
+
+@contextlib.contextmanager
+def keep_torch_threads() -> Iterator[None]:
+    """Restore torch's CPU thread count on exit.
+
+    scanpy's numba kernels (used by the metrics and baselines) reset the OpenMP thread count
+    to the number of cores; torch shares that pool, so training after an evaluation would
+    otherwise run with more threads than asked for (many times slower on a busy machine).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def predicted_profiles(
@@ -72,6 +90,33 @@ def evaluate_model(
     profile: str = "auto",
 ) -> pd.DataFrame:
     """See :meth:`pertx_scvi.PertTX.evaluate`."""
+    with keep_torch_threads():
+        return _evaluate_model(
+            model,
+            adata,
+            perturbations,
+            baselines,
+            gene_graph,
+            gene_embedding,
+            n_top_de,
+            batch_size,
+            seed,
+            profile,
+        )
+
+
+def _evaluate_model(
+    model: PertTX,
+    adata: AnnData | None,
+    perturbations: Sequence[str] | None,
+    baselines: Sequence[str] | dict | None,
+    gene_graph,
+    gene_embedding: pd.DataFrame | None,
+    n_top_de: int,
+    batch_size: int,
+    seed: int,
+    profile: str,
+) -> pd.DataFrame:
     model._check_if_trained(warn=False)
     adata = model.adata if adata is None else adata
     setup = model._setup_args

@@ -186,3 +186,29 @@ def test_phenotype_and_cell_type_columns_register(simulated):
     pred = model.predict_perturbation(adata[adata.obs["perturbation"] == "control"][:10], ["REG08"])
     assert "cell_type" in pred.obs
     assert pd.Series(pred.obs["cell_type"]).notna().all()
+
+
+def test_evaluate_scores_pertx_beside_baselines(trained):
+    """A tidy table per method, perturbation and metric, kept in uns; torch threads untouched."""
+    import torch
+
+    model, adata, truth, holdout = trained
+    combinations = [label for label in truth.index if "+" in label][:3]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = model.evaluate(
+            perturbations=combinations, baselines=("control_mean", "train_mean", "additive")
+        )
+        assert torch.get_num_threads() == 1  # scanpy's numba kernels must not leak threads
+    finally:
+        torch.set_num_threads(threads)
+    assert {"method", "perturbation", "metric", "value", "strong_effect"} <= set(result.columns)
+    assert set(result["method"]) == {"PertTX", "control_mean", "train_mean", "additive"}
+    assert set(result["perturbation"]) == set(combinations)
+    assert adata.uns["pertx_evaluation"] is result
+    summary = px.metrics.summarize(result, n_boot=50)
+    pertx = summary[(summary["method"] == "PertTX") & (summary["metric"] == "pearson_delta")]
+    assert len(pertx) == 1 and pertx["ci_low"].item() <= pertx["mean"].item()
+    # Trained combinations: PertTX's predicted effects follow the observed ones.
+    assert pertx["mean"].item() > 0.3
