@@ -80,7 +80,7 @@ DEFAULTS: dict[str, Any] = {
     "n_heads": 4,
     "epochs": 2,
     "batch_size": 64,
-    "lr": 1e-3,
+    "lr": 1e-2,
 }
 """Settings at the default size. Papalexi 2021 (20,729 cells) 5-fold with GO + OmniPath trains
 on about 15,000 cells per fold: at 40-50 cells/s (one torch thread on a shared 2-core machine)
@@ -93,7 +93,7 @@ QUICK: dict[str, Any] = {
     "n_heads": 2,
     "epochs": 20,
     "batch_size": 64,
-    "lr": 2e-3,
+    "lr": 1e-2,
 }
 """Settings of ``--quick`` (a small model on small simulated data; CI)."""
 
@@ -1116,7 +1116,7 @@ def benchmark(
     d_model, n_layers, n_heads
         PertTX size (default 64, 2, 4; 32, 1, 2 with ``quick``).
     epochs, batch_size, lr
-        Training (default 2, 64, 1e-3; 20, 64, 2e-3 with ``quick``).
+        Training (default 2, 64, 1e-2; 20, 64, 1e-2 with ``quick``).
     validation_size
         Share of the training cells used for the validation loss.
     split_control
