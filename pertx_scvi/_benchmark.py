@@ -900,10 +900,37 @@ def _write_summary_md(
             f"| {info['fold']} | {held} | {info.get('n_train_cells', '?')} | "
             f"{info.get('train_seconds', '?')} | {missing} |"
         )
+    lines += ["", *_per_fold_tables(df, metric_order)]
     notes = header.get("notes") or []
     if notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
     path.write_text("\n".join(lines) + "\n")
+
+
+PER_FOLD_METRICS = ("pearson_delta", "pearson_delta_top", "mse_top", "discrimination")
+
+
+def _per_fold_tables(df: pd.DataFrame, metric_order: Sequence[str]) -> list[str]:
+    """Markdown lines: per headline metric, the mean over each fold's perturbations per method
+    (rows) and fold (columns), with the mean of the folds."""
+    lines = ["## Per fold", "", "Mean over the fold's held-out perturbations.", ""]
+    headline = [m for m in metric_order if m.rstrip("0123456789") in PER_FOLD_METRICS]
+    methods = list(pd.unique(df["method"]))
+    for metric in headline:
+        part = df[df["metric"] == metric]
+        if part.empty:
+            continue
+        table = part.groupby(["method", "fold"])["value"].mean().unstack("fold")
+        table = table.reindex([m for m in methods if m in table.index])
+        table["mean of folds"] = table.mean(axis=1)
+        header = ["method", *[f"fold {c}" for c in table.columns[:-1]], "mean of folds"]
+        lines += [f"### {metric}", "", "| " + " | ".join(header) + " |"]
+        lines.append("|" + "---|" * len(header))
+        for method, row in table.iterrows():
+            cells = ["" if pd.isna(v) else f"{v:.3f}" for v in row]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def _subset(df: pd.DataFrame, name: str) -> pd.DataFrame:

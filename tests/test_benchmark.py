@@ -208,6 +208,9 @@ def test_benchmark_writes_report_and_skips_finished_folds(tiny, tmp_path, monkey
     assert "**wall time**" in summary_md and "2 fold(s) trained" in summary_md
     assert "## All held-out perturbations (6)" in summary_md
     assert "| pearson_delta |" in summary_md
+    per_fold = summary_md.split("## Per fold", 1)[1]
+    assert "### pearson_delta_top20" in per_fold and "### discrimination" in per_fold
+    assert "| method | fold 0 | fold 1 | mean of folds |" in per_fold
     summary = pd.read_csv(out / "summary.csv")
     assert {"set", "method", "metric", "mean", "ci_low", "ci_high"} <= set(summary.columns)
     for name in ("metric_bars_all.png", "effect_scatter.png", "de_heatmap.png"):
