@@ -179,3 +179,34 @@ def test_bad_token_options_are_clear_errors(screen):
         px.PertTX(screen, max_genes=0)
     with pytest.raises(ValueError, match="value_encoding"):
         px.PertTX(screen, value_encoding="rank")
+
+
+def test_wandb_logger_offline_logs_losses_and_umap_images(screen, tmp_path, monkeypatch):
+    """logger="wandb" (offline: no account, no network): losses and UMAP images reach the run."""
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    model = px.PertTX(screen, **TINY)
+    try:
+        model.train(max_epochs=2, validation_size=0.2, logger="wandb", enable_progress_bar=False)
+        summary = dict(wandb.run.summary)
+    finally:
+        wandb.finish()
+    assert "validation_loss" in summary and "train_loss" in summary
+    images = list(tmp_path.glob("wandb/offline-run-*/files/media/images/umap_X_pertx*.png"))
+    assert len(images) == 2  # one UMAP per validation epoch
+    assert len(model.history["train_loss"]) == 2
+
+
+def test_import_needs_no_wandb_flash_or_gpu():
+    """``import pertx_scvi`` loads neither wandb nor flash-attn (fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pertx_scvi; "
+        "assert 'wandb' not in sys.modules and 'flash_attn' not in sys.modules, sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
