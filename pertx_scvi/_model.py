@@ -285,6 +285,17 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
             f"attention={self.module.encoder.backend}, perturbation encoder={encoder_kind}"
         )
         self.init_params_ = self._get_init_params(locals())
+        # The attention kernel is not part of a checkpoint (the weights do not depend on it): a
+        # model saved on a GPU with flash-attn loads on a CPU with the best kernel there.
+        self.init_params_["non_kwargs"]["attention_backend"] = "auto"
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Switch the attention kernel (``"auto"``, ``"sdpa"``, ``"native"``, ``"flash"``).
+
+        The weights do not depend on the kernel, so a trained or loaded model can be moved to
+        another one, e.g. ``PertTX.load(path, adata).set_attention_backend("native")``.
+        """
+        self.module.encoder.set_backend(backend)
 
     # ---- setup -------------------------------------------------------------------------------
     @classmethod

@@ -149,6 +149,30 @@ def test_save_load_gives_identical_predictions(trained, tmp_path):
         loaded.predict_perturbation(ctrl, [holdout])
 
 
+def test_checkpoint_loads_under_another_attention_backend(trained, tmp_path):
+    """Trained with SDPA, saved, loaded and switched to the native kernel: same predictions."""
+    model, adata, _, _ = trained
+    assert model.module.encoder.backend == "sdpa"
+    ctrl = adata[adata.obs["perturbation"] == "control"][:30]
+    before = model.predict_perturbation(ctrl, ["REG08", "REG02+REG04"], seed=3)
+    model.save(tmp_path / "run_backend", overwrite=True)
+    loaded = px.PertTX.load(tmp_path / "run_backend", adata=adata)
+    loaded.set_attention_backend("native")
+    assert loaded.module.encoder.backend == "native"
+    after = loaded.predict_perturbation(ctrl, ["REG08", "REG02+REG04"], seed=3)
+    np.testing.assert_allclose(after.X, before.X, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        loaded.get_latent_representation(ctrl),
+        model.get_latent_representation(ctrl),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    # The kernel is not part of the checkpoint: a model saved with any kernel loads with "auto".
+    assert loaded.init_params_["non_kwargs"]["attention_backend"] == "auto"
+    with pytest.raises(ValueError, match="'cuda-magic'"):
+        loaded.set_attention_backend("cuda-magic")
+
+
 def test_predicting_on_other_genes_is_an_error(trained):
     model, adata, _, holdout = trained
     other = adata[adata.obs["perturbation"] == "control"][:5, :50].copy()
