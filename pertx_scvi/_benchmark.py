@@ -61,7 +61,7 @@ __all__ = [
     "run_benchmark",
 ]
 
-BASELINE_NAMES = ("control_mean", "train_mean", "additive", "linear", "graph_neighbour")
+BASELINE_NAMES = metrics.BASELINE_NAMES
 SUBGROUPS = ("unseen_single", "combo_seen0", "combo_seen1", "combo_seen2")
 SPLITS = ("auto", "kfold", "gears")
 GRAPH_FILES = {
@@ -1262,6 +1262,15 @@ def benchmark(
             gene_graph = graph_parts[0] if len(graph_parts) == 1 else GeneGraph.union(*graph_parts)
         # PertTX gets one view per graph (multi-view encoder); the baseline the union.
         model_graph = graph_parts[0] if len(graph_parts) == 1 else (graph_parts or None)
+        shuffled_model_graph = None
+        if settings["shuffled_graph"]:
+            if model_graph is None:
+                raise ValueError(
+                    "shuffled_graph needs a gene graph to shuffle: pass graph= (--graph)"
+                )
+            # Rewired once (seeded), shared by every fold like the real graphs.
+            shuffled = [g.shuffled(seed=settings["seed"]) for g in graph_parts]
+            shuffled_model_graph = shuffled[0] if len(shuffled) == 1 else shuffled
         perturbation_genes = sorted({g for p in distinct for g in parse_perturbation(p, separator)})
         embedding, embedding_name = _linear_embedding(
             linear_embedding, loaded, perturbation_genes, data_dir
@@ -1364,11 +1373,9 @@ def benchmark(
                         id_table,
                         model_graph,
                     )
-                    if settings["shuffled_graph"] and model_graph is not None:
+                    if shuffled_model_graph is not None:
                         bars.reset(epoch_task, total=settings["epochs"])
                         bars.update(epoch_task, description=f"fold {k} epochs (shuffled graph)")
-                        graphs = model_graph if isinstance(model_graph, list) else [model_graph]
-                        shuffled = [g.shuffled(seed=settings["seed"]) for g in graphs]
                         shuffled_result, _, _, shuffled_info = _run_fold(
                             k,
                             held,
@@ -1379,7 +1386,7 @@ def benchmark(
                             control_cells,
                             update_epoch,
                             id_table,
-                            shuffled if len(shuffled) > 1 else shuffled[0],
+                            shuffled_model_graph,
                         )
                         shuffled_result = shuffled_result[shuffled_result["method"] == "PertTX"]
                         shuffled_result = shuffled_result.assign(method="PertTX_shuffled_graph")

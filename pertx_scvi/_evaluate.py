@@ -15,8 +15,6 @@ from . import metrics
 if TYPE_CHECKING:
     from ._model import PertTX
 
-DEFAULT_BASELINES = ("control_mean", "train_mean", "additive", "linear", "graph_neighbour")
-
 
 @contextlib.contextmanager
 def keep_torch_threads() -> Iterator[None]:
@@ -77,11 +75,12 @@ def predicted_profiles(
     )
 
 
+@keep_torch_threads()  # the metrics' numba kernels reset the thread count torch uses
 def evaluate_model(
     model: PertTX,
     adata: AnnData | None = None,
     perturbations: Sequence[str] | None = None,
-    baselines: Sequence[str] | dict | None = DEFAULT_BASELINES,
+    baselines: Sequence[str] | dict | None = metrics.BASELINE_NAMES,
     gene_graph=None,
     gene_embedding: pd.DataFrame | None = None,
     n_top_de: int = 20,
@@ -90,33 +89,6 @@ def evaluate_model(
     profile: str = "auto",
 ) -> pd.DataFrame:
     """See :meth:`pertx_scvi.PertTX.evaluate`."""
-    with keep_torch_threads():
-        return _evaluate_model(
-            model,
-            adata,
-            perturbations,
-            baselines,
-            gene_graph,
-            gene_embedding,
-            n_top_de,
-            batch_size,
-            seed,
-            profile,
-        )
-
-
-def _evaluate_model(
-    model: PertTX,
-    adata: AnnData | None,
-    perturbations: Sequence[str] | None,
-    baselines: Sequence[str] | dict | None,
-    gene_graph,
-    gene_embedding: pd.DataFrame | None,
-    n_top_de: int,
-    batch_size: int,
-    seed: int,
-    profile: str,
-) -> pd.DataFrame:
     model._check_if_trained(warn=False)
     adata = model.adata if adata is None else adata
     setup = model._setup_args

@@ -20,6 +20,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.train import TrainRunner
 
 from . import _validation as check
+from . import metrics
 from ._constants import REGISTRY_KEYS
 from ._graph_setup import build_graph_setup, make_perturbation_encoder, resolve_encoder_kind
 from ._labels import DEFAULT_CONTROL_TOKENS, gene_set_matrix, parse_perturbation
@@ -488,7 +489,7 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
             the demo's simulated screen (8 epochs), the mean Pearson of Δ of the held-out
             combinations was 0.63 / 0.85 / 0.92 at ``lr`` 1e-3 / 3e-3 / 1e-2 (d_model 32, one
             layer) and 0.87 / 0.91 at 3e-3 / 1e-2 (default size), the additive baseline 0.91.
-            Warm-up and gradient clipping keep it stable.
+            Warm-up and gradient clipping keep it stable (``benchmarks/learning_rate.py``).
         early_stopping, early_stopping_patience
             Stop when ``validation_loss`` has not improved for that many epochs.
         gradient_clip_val
@@ -864,13 +865,7 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
         self,
         adata: AnnData | None = None,
         perturbations: Sequence[str] | None = None,
-        baselines: Sequence[str] | dict | None = (
-            "control_mean",
-            "train_mean",
-            "additive",
-            "linear",
-            "graph_neighbour",
-        ),
+        baselines: Sequence[str] | dict | None = metrics.BASELINE_NAMES,
         gene_graph=None,
         gene_embedding: pd.DataFrame | None = None,
         n_top_de: int = 20,

@@ -340,3 +340,6 @@ def test_shuffled_graph_control_trains_a_second_model_per_fold(tiny, tmp_path, m
     assert shuffled.n_edges == graph.n_edges
     assert not shuffled.edges[["source", "target"]].equals(graph.edges[["source", "target"]])
     assert "PertTX_shuffled_graph" in (out / "summary.md").read_text()
+    assert given[3] is shuffled  # rewired once, shared by the folds
+    with pytest.raises(ValueError, match="shuffled_graph needs a gene graph"):
+        _run(adata, None, tmp_path / "no_graph", shuffled_graph=True)

@@ -22,6 +22,7 @@ Nothing in this subpackage imports torch.
 """
 
 from ._baselines import (
+    BASELINE_NAMES,
     Additive,
     Baseline,
     ControlMean,
@@ -86,6 +87,7 @@ __all__ = [
     "SplitHalfCeiling",
     "TrainingProfiles",
     "training_profiles",
+    "BASELINE_NAMES",
     "fit_baselines",
     "go_gene_embedding",
 ]

@@ -668,6 +668,8 @@ BASELINES: dict[str, type[Baseline]] = {
     "linear": Linear,
     "graph_neighbour": GraphNeighbourAverage,
 }
+BASELINE_NAMES: tuple[str, ...] = tuple(BASELINES)
+"""Names of the baselines, in report order."""
 
 
 def fit_baselines(
@@ -675,7 +677,7 @@ def fit_baselines(
     perturbation_key: str,
     control_group: str,
     *,
-    names: Sequence[str] = ("control_mean", "train_mean", "additive", "linear", "graph_neighbour"),
+    names: Sequence[str] = BASELINE_NAMES,
     edges: pd.DataFrame | None = None,
     gene_embedding: pd.DataFrame | None = None,
     layer: str | None = None,

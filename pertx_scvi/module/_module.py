@@ -419,18 +419,18 @@ class PertTXModule(BaseModuleClass):
         cat_values = torch.cat([values[b] for b in blocks])
         genes = self.select_genes(cat_values)
         n_tokens = cat_values.shape[1] if genes is None else genes.shape[1]
-        masks = torch.zeros(len(cat_values), n_tokens, dtype=torch.bool, device=source_x.device)
-        masked_block = None
+        masks = None
         if mlm:
-            masked_block = blocks.index("source" if self.mlm_cell == "source" else "masked_target")
-            rows = slice(masked_block * batch, (masked_block + 1) * batch)
+            block = blocks.index("source" if self.mlm_cell == "source" else "masked_target")
+            rows = slice(block * batch, (block + 1) * batch)
+            masks = torch.zeros(len(cat_values), n_tokens, dtype=torch.bool, device=source_x.device)
             masks[rows] = torch.rand(batch, n_tokens, device=source_x.device) < self.mask_ratio
-        z, tokens = self._encode(cat_values, masks if mlm else None, genes)
+        z, tokens = self._encode(cat_values, masks, genes)
         outputs["z"] = z[:batch]
         if heads:
-            outputs["target_z"] = z[blocks.index("target") * batch :][:batch]
+            start = blocks.index("target") * batch
+            outputs["target_z"] = z[start : start + batch]
         if mlm:
-            rows = slice(masked_block * batch, (masked_block + 1) * batch)
             observed = cat_values[rows]
             if genes is not None:
                 observed = observed.gather(1, genes[rows])
