@@ -24,6 +24,8 @@ from . import metrics
 from ._constants import REGISTRY_KEYS
 from ._graph_setup import build_graph_setup, make_perturbation_encoder, resolve_encoder_kind
 from ._labels import DEFAULT_CONTROL_TOKENS, gene_set_matrix, parse_perturbation
+from ._model_files import ModelFilesMixin
+from ._threads import keep_torch_threads
 from .data import CellArrays, ControlSampler, PerturbationDataModule, cell_loader, split_cells
 from .graphs import GeneGraph
 from .module import PertTXModule
@@ -32,7 +34,7 @@ from .train import PertTXTrainingPlan, make_loggers, resolve_precision
 logger = logging.getLogger(__name__)
 
 
-class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
+class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """Perturbation transformer: predicts perturbed cells from control cells.
 
     Each cell is a sequence of gene tokens (gene embedding + encoded expression value) with a CLS
@@ -650,6 +652,7 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
         adata: AnnData,
         perturbations: Sequence[str],
         n_samples: int = 1,
+        n_draws: int = 16,
         batch_size: int = 256,
         seed: int = 0,
     ) -> AnnData:
@@ -664,21 +667,32 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
             including ones never seen in training.
         n_samples
             Count profiles drawn from the likelihood per source cell and perturbation.
+        n_draws
+            Monte Carlo draws per predicted cell behind ``X`` (see Returns).
         batch_size
             Source cells per forward pass.
         seed
-            Seed of the count sampling.
+            Seed of the count sampling and of the Monte Carlo draws.
 
         Returns
         -------
         AnnData with one row per source cell, perturbation and sample (perturbation-major):
-        ``X`` predicted mean expression as log1p(normalize_total 1e4) (for ZINB the mean of
-        the zero-inflated counts), ``layers["counts"]`` counts sampled from the likelihood
-        (dropout included for ZINB) with the source cell's library size,
-        ``obs["perturbation"]``, ``obs["source_cell"]`` and ``obs["sample"]``. Where the
-        model has the heads: ``obs["predicted_<cell_type_key>"]`` and
-        ``obsm["<cell_type_key>_probabilities"]`` (cell type of the predicted cell), and
-        ``obs["predicted_<phenotype key>"]`` (its phenotype scores).
+
+        - ``X``: the expected log-normalised expression of the predicted cell,
+          E[log1p(counts / total * 1e4)] under the model's likelihood, estimated from
+          ``n_draws`` count draws log-normalised by their own totals. It is on the scale of
+          ``sc.pp.normalize_total(target_sum=1e4)`` + ``sc.pp.log1p`` data: ``pred.X.mean(0)``
+          compares directly with the mean of observed cells. (The log of the predicted mean
+          count would sit far above it on sparse data.) For ``likelihood="mse"`` it is the
+          prediction itself.
+        - ``layers["mean"]``: the predicted mean counts at the source cell's library size
+          (for ZINB the mean of the zero-inflated counts).
+        - ``layers["counts"]``: counts sampled from the likelihood (dropout included for ZINB)
+          with the source cell's library size.
+        - ``obs["perturbation"]``, ``obs["source_cell"]``, ``obs["sample"]``; where the model
+          has the heads, ``obs["predicted_<cell_type_key>"]`` and
+          ``obsm["<cell_type_key>_probabilities"]`` (cell type of the predicted cell), and
+          ``obs["predicted_<phenotype key>"]`` (its phenotype scores).
         """
         self._check_if_trained(warn=True)
         perturbations = [str(p) for p in perturbations]
@@ -686,13 +700,18 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
             raise ValueError("perturbations is empty: name at least one label, e.g. ['STAT1']")
         if adata.n_obs == 0:
             raise ValueError("adata has no cells to use as sources")
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
         gene_sets = torch.from_numpy(self._gene_sets_for(perturbations)).to(self.device)
         counts = self._cell_arrays(adata, with_labels=False).counts
         library = torch.from_numpy(np.asarray(counts.sum(1), dtype=np.float32))
         generator = torch.Generator(device=self.device).manual_seed(seed)
+        # A separate stream, so that the sampled counts do not depend on n_draws.
+        draw_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.module.eval()
-        n_pert, n_src = len(perturbations), adata.n_obs
-        expression = np.zeros((n_pert, n_samples, n_src, adata.n_vars), dtype=np.float32)
+        n_pert, n_src, n_genes = len(perturbations), adata.n_obs, adata.n_vars
+        expected = np.zeros((n_pert, n_src, n_genes), dtype=np.float32)
+        mean = np.zeros((n_pert, n_src, n_genes), dtype=np.float32)
         sampled = [[[] for _ in range(n_samples)] for _ in range(n_pert)]
         heads: dict[str, list] = {}
         start = 0
@@ -701,20 +720,23 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
             stop = start + len(z)
             lib = library[start:stop].to(self.device)
             for p in range(n_pert):
-                predicted = self.module.predict_next(z, gene_sets[p].expand(len(z), -1))
-                output, dropout = predicted["output"], predicted.get("dropout_logits")
-                mean = self.module.expression_from_output(output, dropout).cpu().numpy()
-                for s in range(n_samples):
-                    expression[p, s, start:stop] = mean
-                    draw = self.module.sample_counts(output, lib, generator, dropout)
+                predicted = self.module.predict(
+                    z,
+                    gene_sets[p].expand(len(z), -1),
+                    lib,
+                    n_samples=n_samples,
+                    n_draws=n_draws,
+                    generator=generator,
+                    draw_generator=draw_generator,
+                )
+                expected[p, start:stop] = predicted["expected"].cpu().numpy()
+                mean[p, start:stop] = predicted["mean"].cpu().numpy()
+                for s, draw in enumerate(predicted["samples"]):
                     sampled[p][s].append(sp.csr_matrix(draw.cpu().numpy()))
-                if "next_z" in predicted:
-                    for name, value in self.module.predict_heads(
-                        predicted["next_z"], next_cell=True
-                    ).items():
-                        heads.setdefault(name, [[] for _ in range(n_pert)])[p].append(
-                            value.cpu().numpy()
-                        )
+                for name, value in predicted["heads"].items():
+                    heads.setdefault(name, [[] for _ in range(n_pert)])[p].append(
+                        value.cpu().numpy()
+                    )
             start = stop
 
         n_rows = n_pert * n_samples * n_src
@@ -732,15 +754,26 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
             if key is not None and key in adata.obs:
                 obs[key] = np.tile(np.asarray(adata.obs[key]), n_pert * n_samples)
         counts_layer = sp.vstack([m for per_p in sampled for per_s in per_p for m in per_s])
+
+        def per_sample(values: np.ndarray) -> np.ndarray:
+            # (n_pert, n_src, genes) -> one row per perturbation, sample and source cell.
+            return np.repeat(values[:, None], n_samples, axis=1).reshape(n_rows, n_genes)
+
         result = AnnData(
-            X=expression.reshape(n_rows, adata.n_vars),
+            X=per_sample(expected),
             obs=obs,
             var=pd.DataFrame(index=self._registered_var_names().copy()),
-            layers={"counts": sp.csr_matrix(counts_layer, dtype=np.float32)},
+            layers={
+                "mean": per_sample(mean),
+                "counts": sp.csr_matrix(counts_layer, dtype=np.float32),
+            },
         )
-        result.uns["pertx"] = {"expression": "log1p(normalize_total 1e4)", "n_samples": n_samples}
+        result.uns["pertx"] = {
+            "X": "E[log1p(counts / total * 1e4)] under the model (Monte Carlo)",
+            "n_draws": n_draws,
+            "n_samples": n_samples,
+        }
         for name, per_p in heads.items():
-            # (n_pert, n_src, k) -> one row per perturbation, sample and source cell.
             values = np.stack([np.concatenate(chunks) for chunks in per_p])
             values = np.repeat(values[:, None], n_samples, axis=1).reshape(n_rows, -1)
             self._add_head_columns(result, name, values)
@@ -861,69 +894,162 @@ class PertTX(UnsupervisedTrainingMixin, BaseModelClass):
         result[keys] = scores.reshape(n_pert * n_src, len(keys))
         return result
 
+    def predict_profiles(
+        self,
+        adata: AnnData,
+        perturbations: Sequence[str],
+        profile: str = "expected",
+        n_samples: int = 2,
+        n_draws: int = 16,
+        batch_size: int = 256,
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """Mean predicted log-normalised profile (perturbations x genes) over ``adata``'s cells.
+
+        Parameters
+        ----------
+        adata
+            Source cells (usually controls).
+        perturbations
+            Labels to predict.
+        profile
+            ``"expected"`` (default): the mean of :meth:`predict_perturbation`'s ``X``, the
+            expected log1p(normalize_total 1e4) value, on the scale of the mean of observed
+            cells. ``"sampled"``: counts drawn from the likelihood (``n_samples`` per source
+            cell), log-normalised per cell and averaged; the same quantity with more noise.
+        n_samples, n_draws, batch_size, seed
+            As in :meth:`predict_perturbation`.
+        """
+        if profile not in ("expected", "sampled"):
+            raise ValueError(f"profile must be 'expected' or 'sampled', got {profile!r}")
+        rows = []
+        for label in perturbations:  # one perturbation at a time: memory of one prediction
+            prediction = self.predict_perturbation(
+                adata,
+                [label],
+                n_samples=n_samples if profile == "sampled" else 1,
+                n_draws=n_draws,
+                batch_size=batch_size,
+                seed=seed,
+            )
+            if profile == "sampled":
+                values = metrics.log_normalize(
+                    AnnData(X=prediction.layers["counts"], var=prediction.var)
+                )
+            else:
+                values = prediction.X
+            rows.append(np.asarray(values.mean(0), dtype=np.float64).ravel())
+        return pd.DataFrame(
+            np.vstack(rows),
+            index=pd.Index([str(p) for p in perturbations], name="perturbation"),
+            columns=self._registered_var_names().astype(str),
+        )
+
+    @keep_torch_threads()  # the metrics' numba kernels reset the thread count torch uses
     def evaluate(
         self,
         adata: AnnData | None = None,
         perturbations: Sequence[str] | None = None,
         baselines: Sequence[str] | dict | None = metrics.BASELINE_NAMES,
-        gene_graph=None,
+        gene_graph: GeneGraph | None = None,
         gene_embedding: pd.DataFrame | None = None,
         n_top_de: int = 20,
+        split_controls: bool = True,
         batch_size: int = 256,
         seed: int = 0,
-        profile: str = "auto",
     ) -> pd.DataFrame:
         """Score predictions of held-out perturbations against baselines fitted on the same cells.
 
-        Metrics (:func:`pertx_scvi.metrics.compare`) per perturbation in log1p(normalize_total
-        1e4) space: Pearson of Δ (all genes, top DE genes), MSE/MAE, direction match,
-        discrimination, DE-gene overlap. When training left some control cells out
-        (``train(control_cells=...)``), observed Δ is taken against those (split-control).
+        The held-out protocol of :func:`pertx_scvi.metrics.evaluate_heldout`: metrics
+        (:func:`pertx_scvi.metrics.compare`) per perturbation in log1p(normalize_total 1e4)
+        space, PertTX's profile being the mean of :meth:`predict_perturbation`'s ``X`` over the
+        fitting controls. The control cells are kept apart
+        (:func:`pertx_scvi.metrics.control_masks`): controls that training left out
+        (``train(control_cells=...)``) are the reference of the observed effects; otherwise the
+        controls are split into random halves, one that predictions start from and baselines
+        are fitted on, one that observed effects are taken against.
 
         Parameters
         ----------
         adata
             Cells with the held-out perturbations and controls; the registered AnnData by
-            default (then the methods see exactly the model's training cells).
+            default (then the baselines see exactly the model's training cells).
         perturbations
             Labels to evaluate; defaults to the ones held out in training.
         baselines
-            Names among ``control_mean``, ``train_mean``, ``additive``, ``linear``,
-            ``graph_neighbour`` (needs ``gene_graph``), or a dict name -> fitted baseline.
+            Names among :data:`pertx_scvi.metrics.BASELINE_NAMES` (the graph-neighbour ones
+            need ``gene_graph``), or a dict name -> fitted baseline.
         gene_graph
-            :class:`~pertx_scvi.GeneGraph` for the graph-neighbour baseline.
+            :class:`~pertx_scvi.GeneGraph` of the graph-neighbour baselines.
         gene_embedding
-            Gene x dims table for the linear baseline.
+            Gene x dims table of the linear baseline.
         n_top_de
-            Number of top DE genes for the ``*_top`` metrics.
+            Number of top DE genes of the ``*_top`` metrics.
+        split_controls
+            Keep fitting and reference controls apart (default). ``False`` shares them and
+            warns: their common noise then inflates the correlations.
         batch_size, seed
-            Prediction batch size; seed of the count sampling and of the strong-effect splits.
-        profile
-            How PertTX's profile of a perturbation is formed (see
-            :func:`pertx_scvi._evaluate.predicted_profiles`): ``"sampled"`` (counts drawn from
-            the likelihood, log-normalised per cell and averaged, exactly as the observed
-            profiles are), ``"mean"`` (log of the predicted mean) or ``"auto"`` (``sampled``
-            for count likelihoods, ``mean`` for ``mse``).
+            Prediction batch size; seed of the control split, the prediction and the
+            strong-effect splits.
 
         Returns
         -------
         Tidy DataFrame (method, perturbation, metric, value, strong_effect, ...), also stored
-        in ``adata.uns["pertx_evaluation"]``. Summarise with :func:`pertx_scvi.metrics.summarize`.
+        in ``adata.uns["pertx_evaluation"]``; ``.attrs["controls"]`` says how the controls
+        were used. Summarise with :func:`pertx_scvi.metrics.summarize` and
+        :func:`pertx_scvi.metrics.paired_differences`.
         """
-        from ._evaluate import evaluate_model
-
-        result = evaluate_model(
-            self,
-            adata,
-            perturbations,
-            baselines,
-            gene_graph,
-            gene_embedding,
-            n_top_de,
-            batch_size,
-            seed,
-            profile,
-        )
+        self._check_if_trained(warn=False)
         target = self.adata if adata is None else adata
+        setup = self._setup_args
+        key, control = setup["perturbation_key"], str(setup["control_group"])
+        perturbations = [str(p) for p in (perturbations or self.holdout_perturbations_)]
+        if not perturbations:
+            raise ValueError(
+                "no perturbations to evaluate: pass perturbations= or train with "
+                "holdout_perturbations="
+            )
+        labels = target.obs[key].astype(str).to_numpy()
+        absent = [p for p in perturbations if not (labels == p).any()]
+        if absent:
+            raise ValueError(
+                f"perturbations {absent} have no cells in adata.obs[{key!r}] to compare to"
+            )
+        train_mask = trained_controls = None
+        if target is self.adata:
+            train_mask = np.zeros(target.n_obs, dtype=bool)
+            train_mask[np.concatenate([self.train_indices, self.validation_indices])] = True
+            trained_controls = train_mask & (labels == control)
+        fit, reference = metrics.control_masks(
+            target, key, control, trained_controls=trained_controls, split=split_controls, seed=seed
+        )
+        predicted = self.predict_profiles(
+            target[fit], perturbations, batch_size=batch_size, seed=seed
+        )
+        result = metrics.evaluate_heldout(
+            {"PertTX": predicted},
+            target,
+            key,
+            control,
+            perturbations,
+            fit_controls=fit,
+            reference_controls=reference,
+            train_mask=train_mask,
+            baselines=baselines,
+            edges=None if gene_graph is None else gene_graph.edges,
+            gene_embedding=gene_embedding,
+            layer=setup["layer"],
+            n_top_de=n_top_de,
+            seed=seed,
+            separator=setup["label_separator"],
+        )
+        shared = bool((fit == reference).all())
+        result.attrs["controls"] = (
+            "shared: predictions and observed effects use the same control cells"
+            if shared
+            else f"split: predictions start from {int(fit.sum())} control cells, observed "
+            f"effects are taken against {int(reference.sum())} others"
+        )
+        logger.info("evaluate: controls %s", result.attrs["controls"])
         target.uns["pertx_evaluation"] = result
         return result

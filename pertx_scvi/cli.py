@@ -31,16 +31,11 @@ def _simulated_task(seed: int):
 def _papalexi_task(data_path: str | None):
     """Papalexi 2021: held out STAT1 and IFNGR2 knockouts, embedded through GO + OmniPath."""
     from . import datasets
-    from .graphs import GeneGraph
+    from .benchmark import load_graph
 
     adata = datasets.papalexi2021(data_path)
     setup = {"perturbation_key": "perturbation", "control_group": "control"}
-    graph_dir = datasets.find_data_file("graphs/go_top20_jaccard.csv.gz", data_path).parent
-    graph = GeneGraph.from_gears_go(
-        graph_dir / "go_top20_jaccard.csv.gz"
-    ) | GeneGraph.from_omnipath(
-        graph_dir / "omnipath_interactions.csv.gz", id_table=graph_dir / "human_gene_ids.tsv.gz"
-    )
+    graph, _ = load_graph("go,omnipath", data_dir=data_path)
     return adata, setup, ["IFNGR2", "STAT1"], graph
 
 
@@ -160,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="train, predict held-out perturbations, plot")
     _add_demo_arguments(demo)
     benchmark = commands.add_parser("benchmark", help="k-fold benchmark against baselines")
-    from ._benchmark import add_benchmark_arguments, run_benchmark
+    from .benchmark import add_benchmark_arguments, run_benchmark
 
     add_benchmark_arguments(benchmark)
     args = parser.parse_args(argv)

@@ -256,15 +256,49 @@ def test_split_half_ceiling():
         ceil.predict(["Q"])
 
 
+def test_knockdown_prior_sets_measured_targets():
+    """Targets that are measured genes get control + the mean own-gene Δ of the training
+    perturbations (clipped at 0); other genes keep the base baseline's prediction."""
+    rng = np.random.default_rng(1)
+    ctrl = rng.uniform(1.0, 2.0, N_GENES)
+    knocked = {"g0": -0.8, "g1": -0.4}  # own-gene Δ of the two measured training targets
+    profiles = {CTRL: ctrl}
+    for gene, own in knocked.items():
+        v = ctrl + rng.uniform(-0.2, 0.2, N_GENES)
+        v[GENES.index(gene)] = ctrl[GENES.index(gene)] + own
+        profiles[gene] = v
+    profiles["OUTSIDE"] = ctrl + rng.uniform(-0.2, 0.2, N_GENES)  # target not measured
+    train = exact_screen(profiles)
+    tm = pm.TrainMean().fit(train, KEY, CTRL)
+    tmk = pm.fit_baselines(train, KEY, CTRL, names=["train_mean_knockdown"])["train_mean_knockdown"]
+    assert tmk.own_gene_delta_ == pytest.approx(np.mean(list(knocked.values())), abs=ATOL)
+    pred, base = tmk.predict(["g3", "g4+g5", "UNMEASURED"]), tm.predict(["g3"])
+    expected = base.loc["g3"].copy()
+    expected["g3"] = ctrl[3] - 0.6
+    np.testing.assert_allclose(pred.loc["g3"], expected, atol=ATOL)
+    np.testing.assert_allclose(pred.loc["UNMEASURED"], base.loc["g3"], atol=ATOL)
+    np.testing.assert_allclose(pred.loc["g4+g5", ["g4", "g5"]], ctrl[[4, 5]] - 0.6, atol=ATOL)
+    # knock-up screens (CRISPRa): the sign comes from the training data
+    up = exact_screen({CTRL: ctrl, "g0": np.where(np.arange(N_GENES) == 0, ctrl + 1.0, ctrl)})
+    tmk_up = pm.KnockdownPrior(pm.TrainMean()).fit(up, KEY, CTRL)
+    assert tmk_up.predict(["g2"]).loc["g2", "g2"] == pytest.approx(ctrl[2] + 1.0, abs=ATOL)
+    # never below zero
+    low = exact_screen({CTRL: ctrl * 0 + 0.1, "g0": np.where(np.arange(N_GENES) == 0, 0.0, 0.1)})
+    assert pm.KnockdownPrior(pm.TrainMean()).fit(low, KEY, CTRL).predict(["g1"]).loc[
+        "g1", "g1"
+    ] == pytest.approx(0.0, abs=ATOL)
+
+
 def test_fit_baselines(screen, planted):
     edges = pd.DataFrame({"source": ["D"], "target": ["A"]})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         models = pm.fit_baselines(screen, KEY, CTRL, edges=edges)
-    assert list(models) == ["control_mean", "train_mean", "additive", "linear", "graph_neighbour"]
+    assert list(models) == list(pm.BASELINE_NAMES)
+    assert "train_mean_knockdown" in models and "graph_neighbour_knockdown" in models
     with pytest.warns(UserWarning, match="graph_neighbour"):
         no_graph = pm.fit_baselines(screen, KEY, CTRL)
-    assert "graph_neighbour" not in no_graph
+    assert not [name for name in no_graph if name.startswith("graph_neighbour")]
     single = pm.Additive().fit(screen, KEY, CTRL).predict(["A+B"])
     pd.testing.assert_frame_equal(models["additive"].predict(["A+B"]), single)
     with pytest.raises(ValueError, match="'ridge_model'"):

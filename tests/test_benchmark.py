@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 
 import pertx_scvi as px
-from pertx_scvi import _benchmark as bm
+from pertx_scvi import benchmark as bm
+from pertx_scvi.benchmark import _cli, _report
+from pertx_scvi.benchmark import _run as run_module
 
 TINY_SIM = {
     "n_genes": 40,
@@ -122,18 +124,18 @@ def test_cli_flags_parse_and_command_line_is_rebuilt(monkeypatch):
     assert args.data == "papalexi2021" and args.folds == 5 and args.graph == "go,omnipath"
     assert args.split_control is False and args.quick is False and args.epochs is None
     monkeypatch.setattr("sys.argv", ["pytest"])
-    command = bm._command_line(args)
+    command = _cli._command_line(args)
     assert command == (
         "pertx benchmark --data papalexi2021 --folds 5 --no-split-control --graph go,omnipath"
     )
     monkeypatch.setattr("sys.argv", ["/usr/bin/pertx", "benchmark", "--quick"])
-    assert bm._command_line(_parser().parse_args(["--quick"])) == "pertx benchmark --quick"
+    assert _cli._command_line(_parser().parse_args(["--quick"])) == "pertx benchmark --quick"
 
 
 def test_quick_presets_yield_to_explicit_values():
-    assert bm._resolve(None, "epochs", quick=True) == bm.QUICK["epochs"]
-    assert bm._resolve(None, "epochs", quick=False) == bm.DEFAULTS["epochs"]
-    assert bm._resolve(7, "epochs", quick=True) == 7
+    assert run_module._resolve(None, "epochs", quick=True) == bm.QUICK["epochs"]
+    assert run_module._resolve(None, "epochs", quick=False) == bm.DEFAULTS["epochs"]
+    assert run_module._resolve(7, "epochs", quick=True) == 7
 
 
 def test_load_graph_names_and_errors():
@@ -187,14 +189,7 @@ def test_benchmark_writes_report_and_skips_finished_folds(tiny, tmp_path, monkey
     assert out == tmp_path / "run"
     df = pd.read_csv(out / "metrics.csv")
     assert set(df["fold"]) == {0, 1}
-    assert set(df["method"]) == {
-        "PertTX",
-        "control_mean",
-        "train_mean",
-        "additive",
-        "linear",
-        "graph_neighbour",
-    }
+    assert set(df["method"]) == {"PertTX", *px.metrics.BASELINE_NAMES}
     assert set(df["subgroup"]) == {"unseen_single"}
     # Every regulator is held out in exactly one fold, scored once per method and metric.
     per = df.groupby(["method", "metric"])["perturbation"].agg(lambda s: sorted(s))
@@ -208,8 +203,16 @@ def test_benchmark_writes_report_and_skips_finished_folds(tiny, tmp_path, monkey
     assert "**wall time**" in summary_md and "2 fold(s) trained" in summary_md
     assert "## All held-out perturbations (6)" in summary_md
     assert "| pearson_delta |" in summary_md
+    assert "## PertTX minus each method, paired over perturbations" in summary_md
+    paired = pd.read_csv(out / "paired.csv")
+    assert set(paired["method"]) == set(px.metrics.BASELINE_NAMES)
+    assert set(paired["verdict"]) <= {"ahead", "behind", "tie", "too few"}
+    # discrimination ranks all 6 held-out regulators of both folds together
+    assert {"discrimination", "discrimination_fold"} <= set(df["metric"])
+    pooled = df[(df.method == "control_mean") & (df.metric == "discrimination")]["value"]
+    assert pooled.mean() == pytest.approx(px.metrics.discrimination_chance(6), abs=0.1)
     per_fold = summary_md.split("## Per fold", 1)[1]
-    assert "### pearson_delta_top20" in per_fold and "### discrimination" in per_fold
+    assert "### pearson_delta_top20" in per_fold and "### discrimination_fold" in per_fold
     assert "| method | fold 0 | fold 1 | mean of folds |" in per_fold
     summary = pd.read_csv(out / "summary.csv")
     assert {"set", "method", "metric", "mean", "ci_low", "ci_high"} <= set(summary.columns)
@@ -225,21 +228,21 @@ def test_benchmark_writes_report_and_skips_finished_folds(tiny, tmp_path, monkey
     def no_training(*args, **kwargs):
         raise AssertionError("a cached fold was recomputed")
 
-    monkeypatch.setattr(bm, "_run_fold", no_training)
+    monkeypatch.setattr(run_module, "_run_fold", no_training)
     _run(adata, graph, out, plots=False)
     pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv"), df)
     assert "0 fold(s) trained, 2 from the cache" in (out / "summary.md").read_text()
 
     # Only the missing fold is recomputed.
-    (out / "folds" / "fold_1.csv").unlink()
+    (out / "folds" / "fold_1_deltas.csv.gz").unlink()
     monkeypatch.undo()
-    original, calls = bm._run_fold, []
+    original, calls = run_module._run_fold, []
 
     def spy(fold, *args, **kwargs):
         calls.append(fold)
         return original(fold, *args, **kwargs)
 
-    monkeypatch.setattr(bm, "_run_fold", spy)
+    monkeypatch.setattr(run_module, "_run_fold", spy)
     _run(adata, graph, out, plots=False)
     assert calls == [1]
 
@@ -287,16 +290,16 @@ def test_summary_table_bolds_the_best_mean_per_metric():
             "ci_high": [0.5, 0.4, 0.3, 0.15],
         }
     )
-    table = bm._markdown_table(summary, ["pearson_delta", "mse"]).splitlines()
+    table = _report._markdown_table(summary, ["pearson_delta", "mse"]).splitlines()
     assert table[0] == "| metric | PertTX | train_mean |"
     assert table[2] == "| pearson_delta | **0.400 [0.300, 0.500]** | 0.300 [0.200, 0.400] |"
     assert table[3] == "| mse (↓) | 0.200 [0.100, 0.300] | **0.100 [0.050, 0.150]** |"
     assert table[4] == "| n perturbations | 5 | 5 |"
 
 
-def test_sampled_profiles_average_log_normalised_counts(tiny):
-    from pertx_scvi._evaluate import predicted_profiles
-
+def test_predicted_profiles_expected_and_sampled(tiny):
+    """predict_profiles: 'expected' is the mean of predict_perturbation's X, 'sampled' the mean
+    of log-normalised sampled counts (their agreement: tests/test_model.py)."""
     adata, graph = tiny
     adata = adata.copy()
     px.PertTX.setup_anndata(adata, perturbation_key="perturbation", control_group="control")
@@ -304,31 +307,31 @@ def test_sampled_profiles_average_log_normalised_counts(tiny):
     model.train(max_epochs=1, enable_progress_bar=False, validation_size=0.0)
     sources = adata[adata.obs["perturbation"] == "control"][:40]
     labels = ["REG01", "REG02+REG03"]
-    profiles = predicted_profiles(model, sources, labels, profile="sampled", n_samples=2, seed=5)
-    assert list(profiles.index) == labels and list(profiles.columns) == list(adata.var_names)
-    prediction = model.predict_perturbation(sources, labels, n_samples=2, seed=5)
+    sampled = model.predict_profiles(sources, labels, profile="sampled", n_samples=2, seed=5)
+    assert list(sampled.index) == labels and list(sampled.columns) == list(adata.var_names)
+    prediction = model.predict_perturbation(sources, ["REG01"], n_samples=2, seed=5)
     counts = prediction.layers["counts"].toarray()
-    expected = np.log1p(1e4 * counts / counts.sum(1, keepdims=True))
-    first = prediction.obs["perturbation"].to_numpy() == "REG01"
-    np.testing.assert_allclose(profiles.loc["REG01"], expected[first].mean(0), rtol=1e-5)
-    # The log of the mean profile lies above the mean of the logs; "auto" samples for NB.
-    log_of_mean = predicted_profiles(model, sources, labels, profile="mean")
-    auto = predicted_profiles(model, sources, labels, n_samples=2, seed=5)
-    np.testing.assert_allclose(auto.to_numpy(), profiles.to_numpy())
-    assert (log_of_mean.to_numpy() >= profiles.to_numpy() - 1e-6).mean() > 0.9
+    by_hand = np.log1p(1e4 * counts / counts.sum(1, keepdims=True)).mean(0)
+    np.testing.assert_allclose(sampled.loc["REG01"], by_hand, rtol=1e-5)
+    expected = model.predict_profiles(sources, labels, seed=5)
+    np.testing.assert_allclose(
+        expected.loc["REG01"], prediction.X[prediction.obs["sample"] == 0].mean(0), rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="'mean'"):
+        model.predict_profiles(sources, labels, profile="mean")
 
 
 def test_shuffled_graph_control_trains_a_second_model_per_fold(tiny, tmp_path, monkeypatch):
     """--shuffled-graph: the same PertTX given a rewired graph, scored on the same labels."""
     adata, graph = tiny
     given = []
-    original = bm._run_fold
+    original = run_module._run_fold
 
     def spy(*args, **kwargs):
         given.append(args[-1])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(bm, "_run_fold", spy)
+    monkeypatch.setattr(run_module, "_run_fold", spy)
     out = _run(adata, graph, tmp_path / "shuffled", baselines=["train_mean"], shuffled_graph=True)
     df = pd.read_csv(out / "metrics.csv")
     assert set(df["method"]) == {"PertTX", "train_mean", "PertTX_shuffled_graph"}

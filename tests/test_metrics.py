@@ -12,6 +12,7 @@ import pytest
 from scipy import sparse, stats
 
 import pertx_scvi.metrics as pm
+from pertx_scvi.datasets import simulate
 
 KEY, CTRL = "perturbation", "ctrl"
 EFFECTS = {
@@ -117,19 +118,93 @@ def test_direction_match_hand_computed():
 def test_discrimination_hand_computed():
     obs = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
     pred = np.array([[0.9, 0.0], [1.0, 0.0], [2.0, 0.0]])
-    # p0: d = (0.9, 0.1, 2.1) -> one other nearer, rank 1 -> 1 - 1/2
+    # cell-eval's normalisation: 1 - rank / N with N = 3 perturbations
+    # p0: d = (0.9, 0.1, 2.1) -> one other nearer, rank 1 -> 1 - 1/3
     # p1: d = (1, 0, 2) -> rank 0 -> 1
-    # p2: d = (2, 1, 1) -> tie with p1 counts half -> 1 - 0.5/2
-    np.testing.assert_allclose(pm.discrimination_score(pred, obs), [0.5, 1.0, 0.75])
+    # p2: d = (2, 1, 1) -> tie with p1 counts half -> 1 - 0.5/3
+    np.testing.assert_allclose(pm.discrimination_score(pred, obs), [2 / 3, 1.0, 1 - 0.5 / 3])
     # leaving out gene 0 of p0 (its target) leaves only gene 1: both others tie, rank 2 * ½
     exclude = [[0], [], []]
-    np.testing.assert_allclose(pm.discrimination_score(pred, obs, exclude)[0], 0.5)
+    np.testing.assert_allclose(pm.discrimination_score(pred, obs, exclude)[0], 2 / 3)
     obs2 = np.array([[0.0, 5.0], [1.0, 0.0], [3.0, 0.0]])
     pred2 = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
-    # without exclusion p0 is nearer to p1's observation; excluding gene 1 fixes that
-    assert pm.discrimination_score(pred2, obs2)[0] == 0.0
+    # without exclusion p0 is nearer to both others' observations (rank 2); excluding gene 1
+    # fixes that
+    assert pm.discrimination_score(pred2, obs2)[0] == pytest.approx(1 / 3)
     assert pm.discrimination_score(pred2, obs2, [[1], [], []])[0] == 1.0
     assert np.isnan(pm.discrimination_score(pred[:1], obs[:1])[0])
+
+
+def test_pooled_discrimination_constant_is_chance_and_perfect_is_one():
+    """25 perturbations of a simulated screen: a constant prediction scores chance
+    ((N + 1) / 2N, within 0.05), the observed effects themselves score 1."""
+    adata, _, _ = simulate(seed=3, n_genes=60, n_regulators=25, n_modules=5, n_combinations=0)
+    labels = sorted(set(adata.obs["perturbation"].astype(str)) - {"control"})
+    assert len(labels) == 25
+    observed = observed_means(adata, labels) - observed_means(adata, ["control"]).iloc[0]
+    constant = pd.DataFrame(0.0, index=observed.index, columns=observed.columns)
+    chance = pm.discrimination_chance(len(labels))
+    assert chance == pytest.approx(0.52)
+    assert pm.pooled_discrimination(constant, observed).mean() == pytest.approx(chance, abs=0.05)
+    assert (pm.pooled_discrimination(observed, observed) == 1.0).all()
+    # a prediction that cannot be made (NaN row) is not scored and not ranked
+    partial = observed.copy()
+    partial.iloc[0] = np.nan
+    scores = pm.pooled_discrimination(partial, observed)
+    assert np.isnan(scores.iloc[0]) and (scores.iloc[1:] == 1.0).all()
+
+
+def test_masked_pearson_leaves_genes_out():
+    x = np.array([[1.0, 2.0, 3.0, 100.0]])
+    y = np.array([[1.0, 2.0, 3.0, -100.0]])
+    mask = np.array([[True, True, True, False]])
+    assert pm.pearson_rows(x, y)[0] < 0
+    assert pm.pearson_rows(x, y, mask=mask)[0] == pytest.approx(1.0)
+
+
+def test_paired_differences_verdicts():
+    """'ahead' only when the paired interval excludes 0 in the metric's direction."""
+    rng = np.random.default_rng(0)
+    perts = [f"P{i}" for i in range(30)]
+    base = rng.normal(0.3, 0.1, 30)
+    rows = []
+    for method, shift in (("ref", 0.0), ("worse", -0.2), ("same", 0.0)):
+        noise = rng.normal(0, 0.01, 30) if method == "same" else 0.0
+        for metric, sign in (("pearson_delta", 1), ("mse_top20", -1)):
+            values = base + shift * sign + noise
+            rows += [
+                {"method": method, "perturbation": p, "metric": metric, "value": v}
+                for p, v in zip(perts, values, strict=True)
+            ]
+    df = pd.DataFrame(rows)
+    out = pm.paired_differences(df, reference="ref", n_boot=500).set_index(["method", "metric"])
+    assert out.loc[("worse", "pearson_delta"), "verdict"] == "ahead"
+    assert out.loc[("worse", "mse_top20"), "verdict"] == "ahead"  # lower error is better
+    assert out.loc[("worse", "mse_top20"), "difference"] == pytest.approx(-0.2)
+    assert out.loc[("same", "pearson_delta"), "verdict"] == "tie"
+    with pytest.raises(ValueError, match="not in df"):
+        pm.paired_differences(df, reference="PertTX")
+
+
+def test_compare_reports_every_metric_without_the_target_genes():
+    """A prediction that gets only the knocked-out gene right scores well with the target and
+    0 without it."""
+    effects = {"g0": {0: -1.5, 1: 1.0}, "g2": {2: -1.2, 5: 0.5}, "g4": {4: -1.0, 6: 0.8}}
+    labels = list(effects)
+    adata = make_screen(effects=effects)
+    obs = observed_means(adata, labels)
+    ctrl = observed_means(adata, [CTRL]).iloc[0].to_numpy()
+    only_target = pd.DataFrame(np.tile(ctrl, (3, 1)), index=labels, columns=obs.columns)
+    for p in labels:
+        only_target.loc[p, p] = obs.loc[p, p]
+    df = pm.compare({"m": only_target}, adata, KEY, CTRL, n_top_de=3)
+    assert set(pm.metric_names(3, with_train_mean=False)) == set(df.metric)
+    v = df.set_index(["perturbation", "metric"])["value"]
+    for p in labels:
+        assert v[(p, "pearson_delta")] > 0.3
+        assert v[(p, "pearson_delta_nontarget")] == 0.0
+        assert v[(p, "pearson_delta_top3_nontarget")] == 0.0
+        assert v[(p, "mse_nontarget")] < v[(p, "mse")] + 1.0  # defined and finite
 
 
 def test_de_gene_overlap_hand_computed():
@@ -257,13 +332,14 @@ def test_compare_swapped_predictions_discriminate_badly():
     swapped = perfect.rename(index={"A": "B", "B": "A"})
     df = pm.compare({"swapped": swapped}, adata, KEY, CTRL)
     disc = df[df.metric == "discrimination"].set_index("perturbation")["value"]
-    assert disc["A"] < 0.5 and disc["B"] < 0.5
+    chance = pm.discrimination_chance(len(PERTS))
+    assert disc["A"] < chance and disc["B"] < chance
     assert disc.mean() < 1.0
-    # with only two perturbations a swap is the worst ranking: score 0 (< 0.5)
+    # with only two perturbations a swap is the worst ranking: 1 - 1/2
     two = make_screen(effects={"A": EFFECTS["A"], "B": EFFECTS["B"]})
     sw2 = observed_means(two, ["A", "B"]).rename(index={"A": "B", "B": "A"})
     df2 = pm.compare({"swapped": sw2}, two, KEY, CTRL)
-    assert df2[df2.metric == "discrimination"]["value"].max() == 0.0
+    assert df2[df2.metric == "discrimination"]["value"].max() == 0.5
 
 
 def test_compare_constant_delta_has_pearson_zero():

@@ -27,6 +27,7 @@ from ._baselines import (
     Baseline,
     ControlMean,
     GraphNeighbourAverage,
+    KnockdownPrior,
     Linear,
     SplitHalfCeiling,
     TrainingProfiles,
@@ -35,10 +36,12 @@ from ._baselines import (
     go_gene_embedding,
     training_profiles,
 )
+from ._heldout import control_masks, evaluate_heldout, pooled_discrimination
 from ._metrics import (
     benjamini_hochberg,
     de_gene_overlap,
     direction_match,
+    discrimination_chance,
     discrimination_score,
     mae,
     mse,
@@ -50,7 +53,14 @@ from ._metrics import (
     top_genes,
     welch_ttest,
 )
-from ._summary import compare, metric_names, summarize
+from ._summary import (
+    compare,
+    lower_is_better,
+    metric_names,
+    paired_differences,
+    summarize,
+    target_gene_positions,
+)
 from ._utils import canonical_label, log_normalize, parse_perturbation
 
 __all__ = [
@@ -65,6 +75,8 @@ __all__ = [
     "mae",
     "direction_match",
     "discrimination_score",
+    "discrimination_chance",
+    "pooled_discrimination",
     "de_gene_overlap",
     "top_genes",
     "welch_ttest",
@@ -73,10 +85,15 @@ __all__ = [
     "split_control",
     "split_half_correlation",
     "perturbed_mean_profile",
-    # comparison
+    # comparison and the held-out protocol
     "compare",
     "summarize",
+    "paired_differences",
+    "lower_is_better",
     "metric_names",
+    "target_gene_positions",
+    "control_masks",
+    "evaluate_heldout",
     # baselines
     "Baseline",
     "ControlMean",
@@ -84,6 +101,7 @@ __all__ = [
     "Additive",
     "Linear",
     "GraphNeighbourAverage",
+    "KnockdownPrior",
     "SplitHalfCeiling",
     "TrainingProfiles",
     "training_profiles",

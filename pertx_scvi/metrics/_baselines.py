@@ -41,6 +41,7 @@ __all__ = [
     "Additive",
     "Linear",
     "GraphNeighbourAverage",
+    "KnockdownPrior",
     "SplitHalfCeiling",
     "TrainingProfiles",
     "training_profiles",
@@ -508,6 +509,55 @@ class GraphNeighbourAverage(Baseline):
         return np.sum([self._gene_delta(g) for g in genes], axis=0)
 
 
+class KnockdownPrior(Baseline):
+    """A baseline plus the prior that a perturbation changes its own target gene.
+
+    PertTX's decoder has a term for the perturbed gene's own expression; this gives a
+    baseline the same prior, so that a model is not credited for it alone. The prediction is
+    ``base``'s, except that every measured target gene ``g`` of the perturbation is set to
+
+    ``x̂_g = max(c_g + δ, 0)``, with ``δ = mean over training perturbations t and their
+    measured target genes h of Δ_t,h``
+
+    (the average own-gene change of the training perturbations; negative for knockouts and
+    knock-downs, positive where the training data show activation, as in CRISPRa). Without
+    any measured target gene in training, the prediction is ``base``'s.
+
+    Parameters
+    ----------
+    base
+        The baseline to add the prior to (e.g. :class:`TrainMean`).
+    """
+
+    def __init__(self, base: Baseline) -> None:
+        super().__init__(separator=base.separator, control_tokens=base.control_tokens)
+        self.base = base
+        self.name = f"{base.name}_knockdown"
+
+    def _fit(self) -> None:
+        self.base.fit_profiles(self.profiles_)
+        changes = [
+            self.deltas_.at[label, gene]
+            for label in self.deltas_.index
+            for gene in label.split(self.separator)
+            if gene in self.genes_
+        ]
+        self.own_gene_delta_ = float(np.mean(changes)) if changes else float("nan")
+        self.n_own_gene_changes_ = len(changes)
+
+    def _predict_delta(self, genes: tuple[str, ...], label: str) -> np.ndarray:
+        delta = self.base._predict_delta(genes, label)
+        if not np.isfinite(self.own_gene_delta_):
+            return delta
+        positions = self.genes_.get_indexer(list(genes))
+        positions = positions[positions >= 0]
+        if positions.size:
+            delta = np.array(delta, dtype=np.float64)
+            control = self.control_mean_.to_numpy()[positions]
+            delta[positions] = np.maximum(control + self.own_gene_delta_, 0.0) - control
+        return delta
+
+
 class SplitHalfCeiling(Baseline):
     """Noise ceiling: half of a perturbation's own cells predicts the other half.
 
@@ -668,8 +718,18 @@ BASELINES: dict[str, type[Baseline]] = {
     "linear": Linear,
     "graph_neighbour": GraphNeighbourAverage,
 }
-BASELINE_NAMES: tuple[str, ...] = tuple(BASELINES)
-"""Names of the baselines, in report order."""
+KNOCKDOWN_SUFFIX = "_knockdown"
+BASELINE_NAMES: tuple[str, ...] = (
+    "control_mean",
+    "train_mean",
+    "train_mean_knockdown",
+    "additive",
+    "linear",
+    "graph_neighbour",
+    "graph_neighbour_knockdown",
+)
+"""Names of the baselines, in report order. ``<name>_knockdown`` is ``<name>`` with
+:class:`KnockdownPrior`."""
 
 
 def fit_baselines(
@@ -694,7 +754,9 @@ def fit_baselines(
         As in :meth:`Baseline.fit`.
     names
         Baselines to fit, among ``control_mean``, ``train_mean``, ``additive``, ``linear``,
-        ``graph_neighbour``.
+        ``graph_neighbour`` and any of them with the suffix ``_knockdown``
+        (:class:`KnockdownPrior`; :data:`BASELINE_NAMES` has ``train_mean_knockdown`` and
+        ``graph_neighbour_knockdown``).
     edges
         Gene graph for ``graph_neighbour`` (columns ``source``, ``target``, optional weight).
         Without it ``graph_neighbour`` is skipped with a warning.
@@ -711,28 +773,31 @@ def fit_baselines(
         Name -> fitted baseline, in the order of ``names``; use ``b.predict(labels)`` or pass
         the dict straight to :func:`~pertx_scvi.metrics.compare`.
     """
-    unknown = [n for n in names if n not in BASELINES]
+    unknown = [n for n in names if n.removesuffix(KNOCKDOWN_SUFFIX) not in BASELINES]
     if unknown:
-        raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
+        raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINE_NAMES)}")
     prof = training_profiles(
         adata_train, perturbation_key, control_group, layer, separator, control_tokens
     )
     kw = {"separator": separator, "control_tokens": control_tokens}
     out: dict[str, Baseline] = {}
     for name in names:
-        if name == "graph_neighbour":
+        base_name = name.removesuffix(KNOCKDOWN_SUFFIX)
+        if base_name == "graph_neighbour":
             if edges is None:
                 warnings.warn(
-                    "fit_baselines: skipping 'graph_neighbour' because no edges were given "
+                    f"fit_baselines: skipping {name!r} because no edges were given "
                     "(pass edges=DataFrame with columns source, target[, weight])",
                     UserWarning,
                     stacklevel=2,
                 )
                 continue
             model: Baseline = GraphNeighbourAverage(edges, **kw)
-        elif name == "linear":
+        elif base_name == "linear":
             model = Linear(gene_embedding=gene_embedding, **kw)
         else:
-            model = BASELINES[name](**kw)
+            model = BASELINES[base_name](**kw)
+        if name != base_name:
+            model = KnockdownPrior(model)
         out[name] = model.fit_profiles(prof)
     return out

@@ -36,6 +36,7 @@ def pearson_rows(
     y: np.ndarray,
     atol_x: np.ndarray | float = 0.0,
     atol_y: np.ndarray | float = 0.0,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Row-wise Pearson correlation of two equally shaped 2-D arrays.
 
@@ -52,6 +53,9 @@ def pearson_rows(
         Spread below which a row is treated as constant (e.g. the float precision of the
         profiles a Δ was computed from, so that a no-change prediction minus its control mean
         does not correlate through round-off).
+    mask
+        Boolean array of the same shape: the entries of each row to use (e.g. every gene but
+        the perturbed ones); ``None`` uses all.
 
     Returns
     -------
@@ -62,13 +66,19 @@ def pearson_rows(
     y = np.atleast_2d(np.asarray(y, dtype=np.float64))
     if x.shape != y.shape:
         raise ValueError(f"shapes differ: {x.shape} vs {y.shape}")
-    xc = x - x.mean(axis=1, keepdims=True)
-    yc = y - y.mean(axis=1, keepdims=True)
+    if mask is None:
+        mask = np.ones(x.shape, dtype=bool)
+    mask = np.broadcast_to(np.asarray(mask, dtype=bool), x.shape)
+    n = np.maximum(mask.sum(axis=1), 1)
+    xm = np.where(mask, x, 0.0)
+    ym = np.where(mask, y, 0.0)
+    xc = np.where(mask, x - (xm.sum(axis=1) / n)[:, None], 0.0)
+    yc = np.where(mask, y - (ym.sum(axis=1) / n)[:, None], 0.0)
     sx = np.sqrt((xc * xc).sum(axis=1))
     sy = np.sqrt((yc * yc).sum(axis=1))
-    root_n = np.sqrt(max(x.shape[1], 1))
-    tol_x = np.maximum(1e-12 * np.abs(x).max(axis=1, initial=0.0), atol_x) * root_n
-    tol_y = np.maximum(1e-12 * np.abs(y).max(axis=1, initial=0.0), atol_y) * root_n
+    root_n = np.sqrt(n)
+    tol_x = np.maximum(1e-12 * np.abs(xm).max(axis=1, initial=0.0), atol_x) * root_n
+    tol_y = np.maximum(1e-12 * np.abs(ym).max(axis=1, initial=0.0), atol_y) * root_n
     ok = (sx > tol_x) & (sy > tol_y) & (sx > 0) & (sy > 0)
     r = np.zeros(x.shape[0])
     r[ok] = (xc[ok] * yc[ok]).sum(axis=1) / (sx[ok] * sy[ok])
@@ -116,7 +126,7 @@ def discrimination_score(
     obs_delta: np.ndarray,
     exclude: Sequence[Sequence[int]] | None = None,
 ) -> np.ndarray:
-    """Perturbation discrimination score of every held-out perturbation.
+    """Perturbation discrimination score of every perturbation (cell-eval's definition).
 
     For perturbation ``p`` (row ``p``) and genes ``S_p`` (all genes except ``exclude[p]``, the
     measured target genes of ``p``), let ``d_pq = Σ_{g ∈ S_p} |Δ̂_p,g - Δ_q,g|`` (L1 distance of
@@ -124,13 +134,14 @@ def discrimination_score(
 
     ``rank_p = #{q ≠ p : d_pq < d_pp} + ½ #{q ≠ p : d_pq = d_pp}``
 
-    ``score_p = 1 - rank_p / (N - 1)``
+    ``score_p = 1 - rank_p / N``
 
-    with ``N`` the number of held-out perturbations (rows). We divide by ``N - 1``, the number of
-    *other* perturbations, so the score is 1 when p's prediction is nearest to its own
-    observation, 0 when it is farthest, and exactly 0.5 in expectation for a random ranking.
-    (Dividing by ``N`` instead would cap the worst case at ``1/N`` and put random at
-    ``0.5 + 1/(2N)``.) With ``N < 2`` the score is undefined (NaN).
+    with ``N`` the number of perturbations ranked (rows), as in Arc's cell-eval
+    (Virtual Cell Challenge). The score is 1 when p's prediction is nearest to its own
+    observation; a constant or random prediction averages ``(N + 1) / (2N)`` over the
+    perturbations (0.52 for 25): chance. Rank the predictions of *all* held-out
+    perturbations of a run together (``pertx benchmark`` pools its folds): with few rows the
+    score is coarse and every method sits near chance. With ``N < 2`` it is NaN.
 
     Parameters
     ----------
@@ -162,8 +173,13 @@ def discrimination_score(
         tol = 1e-10 * max(abs(own), 1e-300)
         tie = np.abs(others - own) <= tol
         rank = np.sum((others < own) & ~tie) + 0.5 * np.sum(tie)
-        scores[p] = 1.0 - rank / (n - 1)
+        scores[p] = 1.0 - rank / n
     return scores
+
+
+def discrimination_chance(n: int) -> float:
+    """Mean :func:`discrimination_score` of a constant or random prediction among ``n``."""
+    return (n + 1) / (2 * n) if n >= 2 else float("nan")
 
 
 def top_genes(score: np.ndarray, n: int) -> np.ndarray:

@@ -38,10 +38,16 @@ from ._utils import (
 __all__ = ["compare", "summarize", "metric_names"]
 
 
-def metric_names(n_top_de: int = 20, with_train_mean: bool = True) -> list[str]:
-    """Names of the metrics :func:`compare` reports (in its order)."""
+def metric_names(
+    n_top_de: int = 20, with_train_mean: bool = True, nontarget: bool = True
+) -> list[str]:
+    """Names of the metrics :func:`compare` reports (in its order).
+
+    With ``nontarget`` each metric but ``discrimination`` (which always leaves the target genes
+    out) also comes as ``<metric>_nontarget``, computed without the perturbed genes.
+    """
     n = int(n_top_de)
-    names = [
+    base = [
         "pearson_delta",
         f"pearson_delta_top{n}",
         "mse",
@@ -49,11 +55,13 @@ def metric_names(n_top_de: int = 20, with_train_mean: bool = True) -> list[str]:
         "mae",
         f"mae_top{n}",
         f"direction_match_top{n}",
-        "discrimination",
         f"de_overlap_top{n}",
     ]
     if with_train_mean:
-        names += ["pearson_delta_pert", f"pearson_delta_pert_top{n}"]
+        base += ["pearson_delta_pert", f"pearson_delta_pert_top{n}"]
+    names = [*base, "discrimination"]
+    if nontarget:
+        names += [f"{m}_nontarget" for m in base]
     return names
 
 
@@ -113,7 +121,8 @@ def compare(
     seed: int = 0,
     separator: str = DEFAULT_SEPARATOR,
     control_tokens: Sequence[str] = DEFAULT_CONTROL_TOKENS,
-) -> pd.DataFrame:
+    return_deltas: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Score every method on the same held-out perturbations, with every metric.
 
     Observed profiles come from ``adata_eval`` (raw counts, normalised on a copy to
@@ -133,7 +142,7 @@ def compare(
     * ``mae`` / ``mae_topN``: ``mean(|x̂_p - x_p|)`` on all genes / on ``D_p``.
     * ``direction_match_topN``: ``mean(sign Δ̂_p == sign Δ_p)`` on ``D_p`` (:func:`direction_match`).
     * ``discrimination``: :func:`discrimination_score` among the evaluated perturbations (L1
-      over genes without p's measured target genes; ``1 - rank / (N_pert - 1)``).
+      over genes without p's measured target genes; ``1 - rank / N_pert``).
     * ``de_overlap_topN``: :func:`de_gene_overlap` with the observed DE set = top-N (by the
       ranking above) among genes with BH FDR < ``fdr``; with ``k < N`` significant genes the
       sets have size ``k``; NaN when no gene is significant. The prediction is ranked by
@@ -144,6 +153,9 @@ def compare(
       of ``x̂_p - m`` vs ``x_p - m`` with ``m`` the mean perturbed training profile
       (:func:`perturbed_mean_profile`): the systematic-variation-corrected view, on all genes /
       on ``D_p``. The train-mean baseline scores 0 here by construction.
+    * ``<metric>_nontarget``: each metric above computed without p's own measured target
+      genes (left out of the all-gene metrics and of the choice of ``D_p``): a knockout that
+      lowers its own gene is easy to predict and can carry a metric on its own.
 
     Two traps, each an option:
 
@@ -199,12 +211,17 @@ def compare(
     separator, control_tokens
         Label parsing (``control_group`` is always a control token).
 
+    return_deltas
+        Also return the Δ tables (perturbations x genes): ``"observed"`` and one per method,
+        e.g. to rank the perturbations of several folds together
+        (:func:`pertx_scvi.metrics.pooled_discrimination`).
+
     Returns
     -------
     pandas.DataFrame
         Tidy: one row per (method, perturbation, metric) with columns ``method``,
         ``perturbation``, ``metric``, ``value``, ``strong_effect``, ``split_half_r``,
-        ``n_cells``.
+        ``n_cells``. With ``return_deltas``: ``(table, deltas)``.
     """
     if not predictions:
         raise ValueError("predictions is empty")
@@ -249,14 +266,10 @@ def compare(
     few = obs_n < 2  # no variance estimate: the t-test is undefined, rank by |Δ| instead
     rank_score[few] = np.abs(obs_delta[few])
     rank_score = np.where(np.isnan(rank_score), -1.0, rank_score)  # undefined t ranks last
-    top = np.argsort(-rank_score, axis=1, kind="stable")[:, :n_top]  # (P, N)
-    sig = q < fdr
-    sig_order = np.argsort(-np.where(sig, rank_score, -np.inf), axis=1, kind="stable")
-    sig_top = [sig_order[i, : min(n_top, int(sig[i].sum()))] for i in range(len(perts))]
-    exclude = [
-        genes.get_indexer([g for g in parse_perturbation(pp, separator, tokens) if g in genes])
-        for pp in perts
-    ]
+    exclude = target_gene_positions(perts, genes, separator, tokens)
+    not_target = np.ones(obs.shape, dtype=bool)
+    for i, positions in enumerate(exclude):
+        not_target[i, positions] = False
     split_r, _ = _split_half_r(
         X,
         labels,
@@ -269,11 +282,17 @@ def compare(
     )
     strong = np.nan_to_num(split_r, nan=-np.inf) > strong_effect_threshold
     tol_obs = _resolution(obs, c_mean)
-    obs_top = np.take_along_axis(obs, top, axis=1)
-    obs_delta_top = np.take_along_axis(obs_delta, top, axis=1)
+    # Every metric twice: over all genes, and without each perturbation's own target genes
+    # (a knockout lowering its own gene is easy to predict and can dominate a metric).
+    gene_sets = {"": np.ones(obs.shape, dtype=bool), "_nontarget": not_target}
+    observed = {
+        suffix: _ObservedView(obs, obs_delta, rank_score, q < fdr, keep, n_top)
+        for suffix, keep in gene_sets.items()
+    }
 
     # ---- per method -------------------------------------------------------------------------
     frames = []
+    deltas = {"observed": pd.DataFrame(obs_delta, index=pd.Index(perts), columns=genes)}
     for method, pred in predictions.items():
         if not isinstance(pred, pd.DataFrame):
             if not hasattr(pred, "predict"):
@@ -284,52 +303,100 @@ def compare(
         pred = align_prediction(pred, genes, str(method))
         xhat = _rows_for(pred, perts, str(method), separator, tokens)
         dhat = xhat - c_pred[None, :]
+        deltas[str(method)] = pd.DataFrame(dhat, index=pd.Index(perts), columns=genes)
         tol_hat = _resolution(xhat, c_pred)
-        dhat_top = np.take_along_axis(dhat, top, axis=1)
-        xhat_top = np.take_along_axis(xhat, top, axis=1)
-        err = xhat - obs
-        err_top = xhat_top - obs_top
-        values: dict[str, np.ndarray] = {
-            "pearson_delta": pearson_rows(dhat, obs_delta, tol_hat, tol_obs),
-            f"pearson_delta_top{sfx}": pearson_rows(dhat_top, obs_delta_top, tol_hat, tol_obs),
-            "mse": np.mean(err**2, axis=1),
-            f"mse_top{sfx}": np.mean(err_top**2, axis=1),
-            "mae": np.mean(np.abs(err), axis=1),
-            f"mae_top{sfx}": np.mean(np.abs(err_top), axis=1),
-            f"direction_match_top{sfx}": np.mean(
-                np.sign(dhat_top) == np.sign(obs_delta_top), axis=1
-            ),
-            "discrimination": discrimination_score(dhat, obs_delta, exclude),
-            f"de_overlap_top{sfx}": np.array(
-                [de_gene_overlap(dhat[i], sig_top[i]) for i in range(len(perts))]
-            ),
-        }
-        if m_train is not None:
-            ph = xhat - m_train[None, :]
-            po = obs - m_train[None, :]
-            tol_ph, tol_po = _resolution(xhat, m_train), _resolution(obs, m_train)
-            values["pearson_delta_pert"] = pearson_rows(ph, po, tol_ph, tol_po)
-            values[f"pearson_delta_pert_top{sfx}"] = pearson_rows(
-                np.take_along_axis(ph, top, axis=1),
-                np.take_along_axis(po, top, axis=1),
-                tol_ph,
-                tol_po,
-            )
-        for metric, v in values.items():
+        values: dict[str, np.ndarray] = {}
+        for suffix, view in observed.items():
+            part = view.score(xhat, dhat, tol_hat, tol_obs, sfx)
+            if m_train is not None:
+                part.update(view.score_pert(xhat, m_train, sfx))
+            values.update({f"{name}{suffix}": v for name, v in part.items()})
+        values["discrimination"] = discrimination_score(dhat, obs_delta, exclude)
+        for metric in metric_names(sfx, m_train is not None):
             frames.append(
                 pd.DataFrame(
                     {
                         "method": str(method),
                         "perturbation": perts,
                         "metric": metric,
-                        "value": np.asarray(v, dtype=np.float64),
+                        "value": np.asarray(values[metric], dtype=np.float64),
                         "strong_effect": strong,
                         "split_half_r": split_r,
                         "n_cells": obs_n.astype(int),
                     }
                 )
             )
-    return pd.concat(frames, ignore_index=True)
+    result = pd.concat(frames, ignore_index=True)
+    return (result, deltas) if return_deltas else result
+
+
+def target_gene_positions(
+    perturbations: Sequence[str],
+    genes: pd.Index,
+    separator: str = DEFAULT_SEPARATOR,
+    control_tokens: Sequence[str] = DEFAULT_CONTROL_TOKENS,
+) -> list[np.ndarray]:
+    """Positions in ``genes`` of each perturbation's measured target genes."""
+    genes = pd.Index(genes)
+    out = []
+    for label in perturbations:
+        members = [g for g in parse_perturbation(label, separator, control_tokens) if g in genes]
+        out.append(genes.get_indexer(members).astype(int))
+    return out
+
+
+class _ObservedView:
+    """Observed profiles restricted to a gene set per perturbation (all, or non-target)."""
+
+    def __init__(self, obs, obs_delta, rank_score, significant, keep, n_top):
+        self.keep = keep
+        ranked = np.where(keep, rank_score, -np.inf)
+        self.top = np.argsort(-ranked, axis=1, kind="stable")[:, :n_top]
+        sig = significant & keep
+        sig_order = np.argsort(-np.where(sig, ranked, -np.inf), axis=1, kind="stable")
+        self.sig_top = [sig_order[i, : min(n_top, int(sig[i].sum()))] for i in range(len(obs))]
+        self.obs = obs
+        self.obs_delta = obs_delta
+        self.obs_top = np.take_along_axis(obs, self.top, axis=1)
+        self.obs_delta_top = np.take_along_axis(obs_delta, self.top, axis=1)
+
+    def _masked_mean(self, values: np.ndarray) -> np.ndarray:
+        return np.where(self.keep, values, 0.0).sum(axis=1) / np.maximum(self.keep.sum(1), 1)
+
+    def score(self, xhat, dhat, tol_hat, tol_obs, n) -> dict[str, np.ndarray]:
+        dhat_top = np.take_along_axis(dhat, self.top, axis=1)
+        err = xhat - self.obs
+        err_top = np.take_along_axis(xhat, self.top, axis=1) - self.obs_top
+        ranked_dhat = np.where(self.keep, dhat, np.nan)  # excluded genes rank last
+        return {
+            "pearson_delta": pearson_rows(dhat, self.obs_delta, tol_hat, tol_obs, self.keep),
+            f"pearson_delta_top{n}": pearson_rows(dhat_top, self.obs_delta_top, tol_hat, tol_obs),
+            "mse": self._masked_mean(err**2),
+            f"mse_top{n}": np.mean(err_top**2, axis=1),
+            "mae": self._masked_mean(np.abs(err)),
+            f"mae_top{n}": np.mean(np.abs(err_top), axis=1),
+            f"direction_match_top{n}": np.mean(
+                np.sign(dhat_top) == np.sign(self.obs_delta_top), axis=1
+            ),
+            f"de_overlap_top{n}": np.array(
+                [de_gene_overlap(ranked_dhat[i], self.sig_top[i]) for i in range(len(self.obs))]
+            ),
+        }
+
+    def score_pert(self, xhat, m_train, n) -> dict[str, np.ndarray]:
+        """Pearson of the profiles minus the mean perturbed training profile."""
+        ph = xhat - m_train[None, :]
+        po = self.obs - m_train[None, :]
+        tol_ph, tol_po = _resolution(xhat, m_train), _resolution(self.obs, m_train)
+        return {
+            "pearson_delta_pert": pearson_rows(ph, po, tol_ph, tol_po, self.keep),
+            f"pearson_delta_pert_top{n}": pearson_rows(
+                np.take_along_axis(ph, self.top, axis=1),
+                np.take_along_axis(po, self.top, axis=1),
+                tol_ph,
+                tol_po,
+            ),
+        }
 
 
 def _resolution(profiles: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -406,3 +473,89 @@ def summarize(
             row["ci_low"] = row["ci_high"] = np.nan
         rows.append(row)
     return pd.DataFrame(rows, columns=[*keys, "n", "mean", "ci_low", "ci_high"])
+
+
+LOWER_IS_BETTER = ("mse", "mae")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of ``metric`` is better (errors: ``mse*``, ``mae*``)."""
+    return str(metric).startswith(LOWER_IS_BETTER)
+
+
+def paired_differences(
+    df: pd.DataFrame,
+    reference: str = "PertTX",
+    n_boot: int = 1000,
+    seed: int = 0,
+    *,
+    ci: float = 0.95,
+    metrics: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """``reference`` minus every other method, paired over perturbations, with an interval.
+
+    For each metric and method ``m``, take the perturbations (and folds, when ``df`` has a
+    ``fold`` column) where both ``reference`` and ``m`` have a value, the differences
+    ``d_i = reference_i - m_i``, their mean and a percentile bootstrap interval of the mean
+    (``n_boot`` resamples of the perturbations, the same resamples for every comparison).
+    ``verdict`` reads the interval in the metric's direction (:func:`lower_is_better`):
+    ``"ahead"`` when it excludes 0 on the side of ``reference`` being better, ``"behind"``
+    when it excludes 0 on the other side, ``"tie"`` otherwise; with fewer than 3 paired
+    perturbations there is no interval and the verdict is ``"too few"``.
+
+    Parameters
+    ----------
+    df
+        Tidy table of :func:`compare` (several folds may be concatenated, with ``fold``).
+    reference
+        The method compared with all others.
+    n_boot, seed, ci
+        Bootstrap resamples, seed and coverage.
+    metrics
+        Metrics to compare (default: all in ``df``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``method``, ``metric``, ``n``, ``reference_mean``, ``method_mean``,
+        ``difference``, ``ci_low``, ``ci_high``, ``verdict``.
+    """
+    need = {"method", "perturbation", "metric", "value"}
+    missing = need.difference(df.columns)
+    if missing:
+        raise ValueError(f"df lacks column(s) {sorted(missing)}; pass the output of compare()")
+    if reference not in set(df["method"]):
+        raise ValueError(
+            f"method {reference!r} is not in df (methods: {list(pd.unique(df.method))})"
+        )
+    keys = ["fold", "perturbation"] if "fold" in df.columns else ["perturbation"]
+    wide = df.pivot_table(index=["metric", *keys], columns="method", values="value", dropna=False)
+    lo_q, hi_q = (1 - ci) / 2, (1 + ci) / 2
+    rows = []
+    for metric in metrics or list(pd.unique(df["metric"])):
+        if metric not in wide.index.get_level_values(0):
+            continue
+        part = wide.loc[metric]
+        for method in [m for m in pd.unique(df["method"]) if m != reference]:
+            pair = part[[reference, method]].dropna()
+            d = (pair[reference] - pair[method]).to_numpy(dtype=np.float64)
+            row = {"method": method, "metric": metric, "n": d.size}
+            row["reference_mean"] = float(pair[reference].mean()) if d.size else np.nan
+            row["method_mean"] = float(pair[method].mean()) if d.size else np.nan
+            row["difference"] = float(d.mean()) if d.size else np.nan
+            if d.size >= 3 and n_boot > 0:
+                idx = np.random.default_rng(seed).integers(0, d.size, size=(int(n_boot), d.size))
+                low, high = np.quantile(d[idx].mean(axis=1), [lo_q, hi_q])
+            else:
+                low = high = np.nan
+            row["ci_low"], row["ci_high"] = float(low), float(high)
+            better_low, better_high = (-high, -low) if lower_is_better(metric) else (low, high)
+            if np.isnan(low):
+                row["verdict"] = "too few"
+            else:
+                row["verdict"] = (
+                    "ahead" if better_low > 0 else "behind" if better_high < 0 else "tie"
+                )
+            rows.append(row)
+    columns = ["method", "metric", "n", "reference_mean", "method_mean", "difference"]
+    return pd.DataFrame(rows, columns=[*columns, "ci_low", "ci_high", "verdict"])

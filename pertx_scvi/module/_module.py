@@ -344,21 +344,89 @@ class PertTXModule(BaseModuleClass):
         """Whether phenotypes are trained for current (or, ``next_cell``, predicted) cells."""
         return self._active("next_phenotype" if next_cell else "phenotype")
 
-    def expression_from_output(
-        self, output: torch.Tensor, dropout_logits: torch.Tensor | None = None
+    def mean_counts(
+        self,
+        output: torch.Tensor,
+        library: torch.Tensor,
+        dropout_logits: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predicted mean expression, log1p(normalize_total 1e4), from decoder output.
+        """Predicted mean counts for cells of total ``library`` (batch, 1).
 
-        For ZINB (``dropout_logits`` given) it is the normalised mean of the zero-inflated
-        counts, ``(1 - dropout) * mu``, as normalize_total would see it.
+        For ZINB (``dropout_logits`` given) it is the mean of the zero-inflated counts,
+        ``(1 - dropout) * mu``; for ``mse`` the counts whose log-normalised value is the output.
+        """
+        if self.likelihood == "mse":
+            return torch.expm1(output.clamp(min=0.0)) * library / TARGET_SUM
+        mean = output.softmax(-1) * library
+        if dropout_logits is not None:
+            mean = mean * torch.sigmoid(-dropout_logits)
+        return mean
+
+    def expected_log_normalized(
+        self,
+        output: torch.Tensor,
+        library: torch.Tensor,
+        dropout_logits: torch.Tensor | None = None,
+        n_draws: int = 16,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """E[log1p(counts / total * 1e4)] of the predicted cells, the scale data are compared on.
+
+        A mean of log-normalised values is far below the log of a mean where counts are low
+        (Jensen's inequality), so it is estimated by Monte Carlo: ``n_draws`` count profiles are
+        drawn from the likelihood (dropout included for ZINB), each log-normalised by its own
+        total as ``sc.pp.normalize_total`` + ``sc.pp.log1p`` would, and averaged. The standard
+        error per cell and gene is the spread of those values over ``sqrt(n_draws)``; averaged
+        over cells it shrinks with ``sqrt(n_draws * n_cells)``. For ``mse`` the output already
+        is that expectation.
         """
         if self.likelihood == "mse":
             return output.clamp(min=0.0)
-        proportion = output.softmax(-1)
-        if dropout_logits is not None:
-            proportion = proportion * torch.sigmoid(-dropout_logits)
-            proportion = proportion / proportion.sum(-1, keepdim=True).clamp(min=1e-12)
-        return torch.log1p(proportion * TARGET_SUM)
+        if n_draws < 1:
+            raise ValueError(f"n_draws must be >= 1, got {n_draws}")
+        batch = output.shape[0]
+
+        def repeat(t: torch.Tensor) -> torch.Tensor:
+            return t.unsqueeze(0).expand(n_draws, *t.shape).reshape(n_draws * batch, -1)
+
+        dropout = None if dropout_logits is None else repeat(dropout_logits)
+        counts = self.sample_counts(repeat(output), repeat(library), generator, dropout)
+        total = counts.sum(-1, keepdim=True).clamp(min=1.0)
+        values = log_normalize(counts, total, TARGET_SUM)
+        return values.reshape(n_draws, batch, -1).mean(0)
+
+    def predict(
+        self,
+        z: torch.Tensor,
+        gene_sets: torch.Tensor,
+        library: torch.Tensor,
+        n_samples: int = 1,
+        n_draws: int = 16,
+        generator: torch.Generator | None = None,
+        draw_generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor | list | dict]:
+        """Everything predicted for source cells ``z`` (B, d) under ``gene_sets`` (B, K).
+
+        Returns ``expected`` (E[log-normalised expression], :meth:`expected_log_normalized`
+        with ``draw_generator``), ``mean`` (mean counts at the source's ``library``),
+        ``samples`` (``n_samples`` count draws with ``generator``) and ``heads`` (outputs of
+        the next-cell heads, empty without them).
+        """
+        predicted = self.predict_next(z, gene_sets)
+        output, dropout = predicted["output"], predicted.get("dropout_logits")
+        result = {
+            "expected": self.expected_log_normalized(
+                output, library, dropout, n_draws, draw_generator
+            ),
+            "mean": self.mean_counts(output, library, dropout),
+            "samples": [
+                self.sample_counts(output, library, generator, dropout) for _ in range(n_samples)
+            ],
+            "heads": {},
+        }
+        if "next_z" in predicted:
+            result["heads"] = self.predict_heads(predicted["next_z"], next_cell=True)
+        return result
 
     def sample_counts(
         self,

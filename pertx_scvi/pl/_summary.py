@@ -8,14 +8,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..metrics import lower_is_better
 from ._utils import PathLike, finish, grid
-
-LOWER_IS_BETTER = ("mse", "mae")
-
-
-def lower_is_better(metric: str) -> bool:
-    """Whether a smaller value of ``metric`` is better (errors: ``mse*``, ``mae*``)."""
-    return str(metric).startswith(LOWER_IS_BETTER)
 
 
 def metric_bars(

@@ -1,0 +1,222 @@
+"""One benchmark fold: train PertTX without the held-out labels, score it and the baselines."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .. import metrics
+from .._threads import keep_torch_threads
+from ._sources import _Data
+from ._splits import assign_subgroups
+
+
+def _can_predict(model, label: str) -> bool:
+    try:
+        model.get_perturbation_embedding([label])
+    except (ValueError, KeyError, IndexError):
+        return False
+    return True
+
+
+def _epoch_callback(update):
+    """A Lightning callback calling ``update(epoch)`` after every training epoch."""
+    from lightning.pytorch.callbacks import Callback
+
+    class _Progress(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):  # noqa: D102
+            update(trainer.current_epoch + 1)
+
+    return _Progress()
+
+
+def _mean_profiles(adata: AnnData, mask_by_name: dict[str, np.ndarray], layer: str | None):
+    """log1p(normalize_total) mean profile of each named cell mask (rows)."""
+    rows = {}
+    for name, mask in mask_by_name.items():
+        if not mask.any():
+            continue
+        X = metrics.log_normalize(adata[mask], layer)
+        rows[name] = np.asarray(X.mean(axis=0)).ravel()
+    return pd.DataFrame.from_dict(rows, orient="index", columns=adata.var_names.astype(str))
+
+
+@keep_torch_threads()  # the metrics' numba kernels reset the thread count torch uses
+def _run_fold(
+    fold: int,
+    held: list[str],
+    data: _Data,
+    settings: dict[str, Any],
+    graph,
+    gene_embedding: pd.DataFrame | None,
+    controls: tuple[np.ndarray, np.ndarray],
+    update_epoch,
+    id_table: Path | None = None,
+    model_graph: Any = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Train and evaluate one fold: (metrics, profiles, deltas, history, info).
+
+    ``controls`` are the fitting and reference control masks of
+    :func:`pertx_scvi.metrics.control_masks`: PertTX trains on the fitting controls only and
+    predicts from them; the observed effects use the reference ones. ``graph`` (one GeneGraph)
+    serves the graph-neighbour baselines; ``model_graph`` (a GeneGraph or a list, one view
+    each; default ``graph``) is passed to PertTX as ``gene_graph=``. ``deltas`` holds the
+    predicted Δ of every method and the observed Δ (rows ``"<method>|<label>"``), from which
+    the benchmark ranks all folds' perturbations together.
+    """
+    import torch
+
+    from .._model import PertTX
+
+    adata, key = data.adata, data.perturbation_key
+    fit_controls, reference = controls
+    seed = int(settings["seed"]) + fold
+    torch.manual_seed(seed)
+    model_kwargs = {
+        "d_model": settings["d_model"],
+        "n_layers": settings["n_layers"],
+        "n_heads": settings["n_heads"],
+    }
+    model_graph = graph if model_graph is None else model_graph
+    uses_graph = model_graph is not None
+    if uses_graph:
+        model_kwargs["gene_graph"] = model_graph
+        if id_table is not None:
+            model_kwargs["id_table"] = id_table
+    model = PertTX(adata, **model_kwargs)
+    started = time.perf_counter()
+    model.train(
+        max_epochs=settings["epochs"],
+        holdout_perturbations=held,
+        batch_size=settings["batch_size"],
+        lr=settings["lr"],
+        validation_size=settings["validation_size"],
+        control_cells=np.flatnonzero(fit_controls),
+        seed=seed,
+        enable_progress_bar=False,
+        callbacks=[_epoch_callback(update_epoch)],
+    )
+    train_s = time.perf_counter() - started
+
+    labels = adata.obs[key].astype(str).to_numpy()
+    train_cells = np.zeros(adata.n_obs, dtype=bool)
+    train_cells[np.concatenate([model.train_indices, model.validation_indices])] = True
+    separator = model._setup_args["label_separator"]
+    subgroup = assign_subgroups(
+        held, labels[train_cells], control_group=data.control_group, separator=separator
+    )
+    predictable = [p for p in held if _can_predict(model, p)]
+    missing = [p for p in held if p not in predictable]
+    predictions = {"PertTX": pd.DataFrame(columns=adata.var_names.astype(str), dtype=float)}
+    if predictable:
+        predictions["PertTX"] = model.predict_profiles(
+            adata[fit_controls], predictable, profile=settings["pertx_profile"], seed=seed
+        )
+    result, deltas = metrics.evaluate_heldout(
+        predictions,
+        adata,
+        key,
+        data.control_group,
+        held,
+        fit_controls=fit_controls,
+        reference_controls=reference,
+        train_mask=train_cells,
+        baselines=list(settings["baselines"]),
+        edges=None if graph is None else graph.edges,
+        gene_embedding=gene_embedding,
+        layer=data.layer,
+        n_top_de=settings["n_top_de"],
+        seed=settings["seed"],
+        separator=separator,
+        return_deltas=True,
+    )
+
+    masks = {"control_fit": fit_controls, "control_reference": reference}
+    masks.update({f"observed:{p}": labels == p for p in held})
+    profiles = _mean_profiles(adata, masks, data.layer)
+    if predictable:
+        predicted = predictions["PertTX"].copy()
+        predicted.index = [f"PertTX:{p}" for p in predicted.index]
+        profiles = pd.concat([profiles, predicted.astype(np.float64)])
+    delta_table = pd.concat(
+        [frame.set_axis([f"{name}|{p}" for p in frame.index]) for name, frame in deltas.items()]
+    )
+
+    result.insert(0, "fold", fold)
+    result.insert(1, "subgroup", result["perturbation"].map(subgroup).to_numpy())
+    genes = set(adata.var_names.astype(str))
+    measured = {p: any(g in genes for g in model._parse(p)) for p in held}
+    result["target_measured"] = result["perturbation"].map(measured).astype(bool)
+    history = _history_frame(model.history)
+    info = {
+        "fold": fold,
+        "held_out": held,
+        "n_held_out": len(held),
+        "pertx_missing": missing,
+        "uses_gene_graph": uses_graph,
+        "train_seconds": round(train_s, 1),
+        "n_train_cells": int(len(model.train_indices)),
+        "n_validation_cells": int(len(model.validation_indices)),
+        "n_fit_controls": int(fit_controls.sum()),
+        "n_reference_controls": int(reference.sum()),
+    }
+    return result, profiles, delta_table, history, info
+
+
+def pool_discrimination(result: pd.DataFrame, deltas: pd.DataFrame, separator: str) -> pd.DataFrame:
+    """Rank every held-out perturbation of the run against all of them.
+
+    ``result`` and ``deltas`` are the concatenated tables of the folds (``deltas`` with a
+    ``fold`` column and rows ``"<method>|<label>"``). The per-fold ``discrimination`` rows
+    become ``discrimination_fold``; ``discrimination`` is recomputed per method with
+    :func:`pertx_scvi.metrics.discrimination_score` over all folds' perturbations (observed Δ
+    of each perturbation against its own fold's reference controls).
+    """
+    per_fold = result["metric"] == "discrimination"
+    out = result.copy()
+    out.loc[per_fold, "metric"] = "discrimination_fold"
+    template = out[out["metric"] == "discrimination_fold"]
+    method_of = deltas["row"].str.split("|", n=1).str[0]
+    label_of = deltas["row"].str.split("|", n=1).str[1]
+    genes = pd.Index([c for c in deltas.columns if c not in ("fold", "row")])
+    observed = deltas[method_of == "observed"]
+    key = list(zip(observed["fold"], label_of[method_of == "observed"], strict=True))
+    observed_values = observed[genes].to_numpy(dtype=np.float64)
+    frames = []
+    for method in pd.unique(template["method"]):
+        rows = deltas[method_of == method]
+        row_keys = zip(rows["fold"], label_of[method_of == method], strict=True)
+        lookup = {k: i for i, k in enumerate(row_keys)}
+        values = rows[genes].to_numpy(dtype=np.float64)
+        predicted = np.full(observed_values.shape, np.nan)
+        for i, k in enumerate(key):
+            if k in lookup:
+                predicted[i] = values[lookup[k]]
+        ok = np.isfinite(predicted).all(axis=1)
+        scores = np.full(len(key), np.nan)
+        if ok.sum() >= 2:
+            labels = [key[i][1] for i in np.flatnonzero(ok)]
+            exclude = metrics.target_gene_positions(labels, genes, separator)
+            scores[ok] = metrics.discrimination_score(predicted[ok], observed_values[ok], exclude)
+        pooled = template[template["method"] == method].copy()
+        value = dict(zip(key, scores, strict=True))
+        pairs = zip(pooled["fold"], pooled["perturbation"], strict=True)
+        pooled["value"] = [value.get(pair, np.nan) for pair in pairs]
+        pooled["metric"] = "discrimination"
+        frames.append(pooled)
+    return pd.concat([out, *frames], ignore_index=True)
+
+
+def _history_frame(history: dict) -> pd.DataFrame:
+    columns = {}
+    for name, values in (history or {}).items():
+        series = values.iloc[:, 0] if isinstance(values, pd.DataFrame) else values
+        columns[str(name)] = pd.to_numeric(pd.Series(series), errors="coerce")
+    frame = pd.DataFrame(columns)
+    frame.index.name = "epoch"
+    return frame
