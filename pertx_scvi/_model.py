@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,15 +26,61 @@ from . import _validation as check
 from . import metrics
 from ._constants import REGISTRY_KEYS
 from ._graph_setup import build_graph_setup, make_perturbation_encoder, resolve_encoder_kind
-from ._labels import DEFAULT_CONTROL_TOKENS, gene_set_matrix, parse_perturbation
+from ._labels import (
+    DEFAULT_CONTROL_TOKENS,
+    check_labels,
+    gene_set_matrix,
+    is_blank_label,
+    parse_perturbation,
+)
 from ._model_files import ModelFilesMixin
 from ._threads import keep_torch_threads
 from .data import CellArrays, ControlSampler, PerturbationDataModule, cell_loader, split_cells
-from .graphs import GeneGraph
+from .graphs import GeneGraph, load_id_table
+from .graphs._id_mapping import resolve_names
 from .module import PertTXModule
 from .train import PertTXTrainingPlan, make_loggers, resolve_precision
 
 logger = logging.getLogger(__name__)
+
+
+def _interruption(error: BaseException, trainer) -> str | None:
+    """What interrupted training (``"Ctrl-C"``, ``"SIGTERM"``), or None for another exit.
+
+    Lightning turns a KeyboardInterrupt into ``sys.exit(1)`` (the interrupt is its context) and
+    a SIGTERM, without a handler of ours, into its ``SIGTERMException`` (a ``SystemExit``).
+    """
+    sigterm = bool(getattr(trainer, "received_sigterm", False))
+    if isinstance(error, KeyboardInterrupt) or isinstance(error.__context__, KeyboardInterrupt):
+        return "SIGTERM" if sigterm else "Ctrl-C"
+    if sigterm or type(error).__name__ == "SIGTERMException":
+        return "SIGTERM"
+    return None
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C (KeyboardInterrupt) or SIGTERM before its last epoch.
+
+    Raised by :meth:`PertTX.train`; the message says how many epochs finished. The model keeps
+    the weights and history reached so far, with ``is_trained_`` False.
+    """
+
+    def __init__(self, message: str, epochs_finished: int = 0, max_epochs: int = 0):
+        super().__init__(message)
+        self.epochs_finished, self.max_epochs = epochs_finished, max_epochs
+
+
+AUTO_ALL_GENES_UP_TO = 512
+AUTO_MAX_GENES = 256
+
+
+def resolve_max_genes(max_genes: int | str | None, n_genes: int) -> int | None:
+    """Gene tokens per cell for ``PertTX(max_genes=...)``; ``"auto"`` see :class:`PertTX`."""
+    if max_genes == "auto":
+        return None if n_genes <= AUTO_ALL_GENES_UP_TO else AUTO_MAX_GENES
+    if isinstance(max_genes, str):
+        raise ValueError(f"max_genes must be 'auto', None or a number of genes, got {max_genes!r}")
+    return max_genes
 
 
 class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
@@ -74,9 +123,10 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
         the unmasked control: twice the encoder cost per step).
     max_genes
         Gene tokens per cell: expressed genes first, then zeros (randomly chosen in training,
-        fixed at inference). ``None`` (default): every gene. Attention cost grows with the
-        square of the tokens, so on sparse data a value near the number of genes a cell
-        expresses trains much faster; the decoders still predict every gene.
+        fixed at inference); the decoders still predict every gene. ``None``: every gene.
+        ``"auto"`` (default): every gene up to 512 genes, 256 tokens on wider panels
+        (attention cost grows with the square of the tokens: a 2,000-gene panel as tokens
+        would cost about 45 times a 299-gene one per cell).
     value_encoding
         Expression value encoder of the tokens: ``"continuous"`` (an MLP of the
         log-normalised value) or ``"binned"`` (scGPT-style per-cell quantile bins).
@@ -147,6 +197,11 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
     graph_kwargs
         Further arguments of the graph encoder (e.g. ``n_bases``, ``n_link_samples``; see
         :class:`~pertx_scvi.module.GraphPerturbationEncoder`).
+    effect_retrieval
+        With a gene graph: add :class:`~pertx_scvi.module.EffectRetrieval`, a learned effect
+        per trained gene that a gene never trained borrows from its graph neighbours (weights
+        of the graphs and shrinkage fitted by leaving trained genes out in training; the
+        graph-neighbour baseline on the model's own effects).
 
     Notes
     -----
@@ -182,7 +237,7 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
         likelihood: str = "nb",
         mask_ratio: float = 0.15,
         mlm_cell: str = "source",
-        max_genes: int | None = None,
+        max_genes: int | str | None = "auto",
         value_encoding: str = "continuous",
         next_cell_weight: float = 1.0,
         mlm_weight: float = 1.0,
@@ -207,17 +262,24 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
         graph_max_neighbours: int | None = 32,
         graph_self_dropout: float = 0.5,
         graph_kwargs: dict | None = None,
+        effect_retrieval: bool = True,
     ):
         super().__init__(adata, registry)
         if adata is None:
             raise ValueError("PertTX needs the AnnData it was set up with: PertTX(adata)")
         setup = self.registry_["setup_args"]
-        if likelihood in ("nb", "zinb"):
-            check.check_counts(check.get_matrix(adata, setup["layer"]), setup["layer"], True)
+        if likelihood in check.COUNT_LIKELIHOODS:  # before anything is built or changed
+            matrix = check.get_matrix(adata, setup["layer"])
+            check.check_counts(matrix, setup["layer"], True, likelihood)
 
         self.gene_names = self._gene_names(adata)
         labels = self._label_categories()
         self._label_genes = [self._parse(label) for label in labels]
+        # Labels naming one gene set ("A+B" and "B+A", "A" and "A+ctrl") are one perturbation:
+        # cells are coded by the first category of their gene set.
+        self._gene_set_codes: dict[tuple[str, ...], int] = {}
+        for code, genes in enumerate(self._label_genes):
+            self._gene_set_codes.setdefault(genes, code)
         label_genes = sorted({g for genes in self._label_genes for g in genes})
         encoder_kind = resolve_encoder_kind(perturbation_encoder, gene_graph, gene_embedding)
         pert_encoder, self.graph_setup_ = None, None
@@ -244,6 +306,11 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
                 graph_weight=graph_weight,
                 **encoder_kwargs,
             )
+        # Kept to resolve perturbation names at prediction as in training (MARCH8 -> MARCHF8);
+        # rebuilt from init_params_["id_table"] when the model is loaded.
+        self._id_table = None
+        if id_table is not None and self.graph_setup_ is not None:
+            self._id_table = load_id_table(id_table)
         self.perturbation_genes = pd.Index(vocabulary, name="gene")
         self._label_gene_sets = gene_set_matrix(self._label_genes, self.perturbation_genes)
         self_gene_index = torch.from_numpy(self.gene_names.get_indexer(self.perturbation_genes))
@@ -262,7 +329,7 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
             likelihood=likelihood,
             mask_ratio=mask_ratio,
             mlm_cell=mlm_cell,
-            max_genes=max_genes,
+            max_genes=resolve_max_genes(max_genes, adata.n_vars),
             value_encoding=value_encoding,
             next_cell_weight=next_cell_weight,
             mlm_weight=mlm_weight,
@@ -279,6 +346,10 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
             contrastive_labels=contrastive_labels,
             contrastive_temperature=contrastive_temperature,
             triplet_margin=triplet_margin,
+            retrieval_graphs=(
+                self.graph_setup_.graphs if effect_retrieval and self.graph_setup_ else None
+            ),
+            retrieval_leave_out=graph_self_dropout,
         )
         self.holdout_perturbations_: list[str] = []
         self._model_summary_string = (
@@ -336,8 +407,20 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
             Separator between the genes of a combination label.
         gene_symbols
             ``var`` column with gene symbols when ``var_names`` are other ids (e.g. Ensembl).
+
+        Notes
+        -----
+        Every check runs before anything is registered: on an error ``adata`` is unchanged.
+        Labels that name the same gene set (``"A+B"`` and ``"B+A"``, ``"A"``, ``"A "`` and
+        ``"A+ctrl"``) are one perturbation everywhere (training, ``holdout_perturbations``,
+        :meth:`evaluate`); a warning names the spellings. Empty labels (``""``, ``"+"``) and
+        one gene written in two cases (``stat1`` and ``STAT1``) are errors.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
+        if adata.n_vars == 0:
+            raise ValueError("adata has no genes (adata.n_vars == 0): PertTX needs their counts")
+        if adata.n_obs == 0:
+            raise ValueError("adata has no cells (adata.n_obs == 0)")
         check.check_obs_column(adata, perturbation_key, "perturbation")
         check.check_control_group(adata, perturbation_key, control_group)
         for key, what in ((cell_type_key, "cell type"), (batch_key, "batch")):
@@ -357,6 +440,25 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
             check.check_unique_genes(
                 pd.Index(adata.var[gene_symbols].astype(str)), f"adata.var[{gene_symbols!r}]"
             )
+        measured = adata.var[gene_symbols].astype(str) if gene_symbols else adata.var_names
+        merged = check_labels(
+            adata.obs[perturbation_key].astype(str).value_counts(sort=False),
+            perturbation_key,
+            str(control_group),
+            label_separator,
+            measured_genes=measured,
+        )
+        if merged:
+            shown = "; ".join(" = ".join(map(repr, spellings)) for spellings in merged.values())
+            if len(merged) > 5:
+                shown = "; ".join(shown.split("; ")[:5]) + f"; and {len(merged) - 5} more"
+            warnings.warn(
+                f"adata.obs[{perturbation_key!r}] spells {len(merged)} perturbation(s) in "
+                f"several ways, each read as one perturbation (one gene set): {shown}. Holding "
+                "out or evaluating one spelling includes the cells of all of them.",
+                UserWarning,
+                stacklevel=2,
+            )
 
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
@@ -366,7 +468,16 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
             NumericalJointObsField(REGISTRY_KEYS.PHENOTYPE_KEY, phenotype_keys),
         ]
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(adata, **kwargs)
+        obs_columns, uns_keys = list(adata.obs.columns), list(adata.uns.keys())
+        try:
+            adata_manager.register_fields(adata, **kwargs)
+        except Exception:  # scvi-tools' own checks: take back what it added
+            adata.obs.drop(
+                columns=[c for c in adata.obs.columns if c not in obs_columns], inplace=True
+            )
+            for key in [k for k in adata.uns.keys() if k not in uns_keys]:
+                del adata.uns[key]
+            raise
         cls.register_manager(adata_manager)
 
     # ---- registry helpers --------------------------------------------------------------------
@@ -404,11 +515,31 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
             if required:
                 raise KeyError(f"column {key!r} (used at setup) not found in adata.obs")
             return np.full(adata.n_obs, -1, dtype=np.int64)
-        codes = mapping.get_indexer(adata.obs[key].astype(str))
+        if registry_key == REGISTRY_KEYS.PERTURBATION_KEY:
+            codes = self._label_codes(adata.obs[key])
+        else:
+            codes = mapping.get_indexer(adata.obs[key].astype(str))
         if required and (codes < 0).any():
             unknown = pd.unique(adata.obs[key].astype(str)[codes < 0])
             raise ValueError(f"adata.obs[{key!r}] has labels unseen at setup: {list(unknown[:10])}")
         return codes.astype(np.int64)
+
+    def _label_codes(self, labels) -> np.ndarray:
+        """Code of each label's gene set: every spelling of a gene set gets the code of its
+        first category (``"B+A"`` that of ``"A+B"``); -1 for unknown or empty labels."""
+        categorical = pd.Categorical(np.asarray(labels, dtype=str))
+        separator = self._setup_args["label_separator"]
+        table = np.array(
+            [
+                -1
+                if is_blank_label(label, separator)
+                else self._gene_set_codes.get(self._parse(label), -1)
+                for label in categorical.categories
+            ]
+            + [-1],
+            dtype=np.int64,
+        )
+        return table[categorical.codes]
 
     def _cell_arrays(self, adata: AnnData, with_labels: bool) -> CellArrays:
         """Counts and codes of ``adata`` in the registered gene order and category codes."""
@@ -418,7 +549,7 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
         if order is not None:
             matrix = matrix[:, order]
         if adata is not self.adata:
-            check.check_counts(matrix, layer, require_integer=False)
+            check.check_input_counts(matrix, layer, self.module.likelihood)
         cell_type = self._codes(adata, REGISTRY_KEYS.CELL_TYPE_KEY, required=True)
         batch = self._codes(adata, REGISTRY_KEYS.BATCH_KEY, required=True)
         n_batches = len(self._mapping(REGISTRY_KEYS.BATCH_KEY))
@@ -435,6 +566,39 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
             cell_type=cell_type,
             phenotype=phenotype,
         )
+
+    def _canonical_labels(self, labels) -> np.ndarray:
+        """One spelling per gene set: sorted genes joined by the separator (``"B+A"``,
+        ``"A+B+ctrl"`` -> ``"A+B"``), the control group for control labels; empty labels kept."""
+        setup = self._setup_args
+        separator, control = setup["label_separator"], str(setup["control_group"])
+        categorical = pd.Categorical(np.asarray(labels, dtype=str))
+        spelled = [
+            label
+            if is_blank_label(label, separator)
+            else (separator.join(self._parse(label)) or control)
+            for label in categorical.categories
+        ]
+        return np.asarray([*spelled, ""], dtype=object)[categorical.codes]
+
+    def _aligned_adata(self, adata: AnnData) -> AnnData:
+        """A new AnnData of ``adata``'s cells: the training genes in training order (matched by
+        name; others dropped), the registered counts checked, one spelling per gene set in the
+        perturbation column (:meth:`_canonical_labels`). ``adata`` is not modified."""
+        setup = self._setup_args
+        layer, key = setup["layer"], setup["perturbation_key"]
+        matrix = check.get_matrix(adata, layer)
+        order = check.align_genes(adata, self._registered_var_names())
+        var = adata.var
+        if order is not None:
+            matrix, var = matrix[:, order], var.iloc[order]
+        if adata is not self.adata:
+            check.check_input_counts(matrix, layer, self.module.likelihood)
+        obs = adata.obs.copy()
+        if key in obs.columns:
+            obs[key] = self._canonical_labels(obs[key])
+        layers = {} if layer is None else {layer: matrix}
+        return AnnData(X=matrix, obs=obs, var=var.copy(), layers=layers)
 
     def _context_names(self) -> list[str]:
         return [
@@ -514,17 +678,34 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
             Extra keyword arguments of :class:`~pertx_scvi.train.PertTXTrainingPlan`.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` (and Lightning's Trainer).
+
+        Notes
+        -----
+        Every input is checked before the model changes: too few cells or control cells, no
+        perturbed cells to learn from, or ``max_epochs < 1`` are a ``ValueError``.
+
+        A held-out label holds out its gene set, under every spelling (``"A+B"`` holds out
+        ``"B+A"`` cells too).
+
+        Ctrl-C (``KeyboardInterrupt``), or SIGTERM under the ``pertx`` command, stops training
+        at once and raises :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) saying how
+        many epochs finished. The model keeps the weights, ``history`` and cell split reached
+        so far, with ``is_trained_ = False`` (so :meth:`evaluate` refuses and predictions warn);
+        set ``model.is_trained_ = True`` to use it as it is, or call ``train`` again.
         """
+        if max_epochs is None or int(max_epochs) < 1:
+            raise ValueError(f"max_epochs must be at least 1, got {max_epochs}")
         labels = self._label_categories()
-        holdout = [str(p) for p in (holdout_perturbations or [])]
-        unknown = [p for p in holdout if p not in labels]
+        holdout = list(dict.fromkeys(str(p) for p in (holdout_perturbations or [])))
+        holdout_code = dict(zip(holdout, self._label_codes(holdout), strict=True))
+        unknown = [p for p in holdout if holdout_code[p] < 0]
         if unknown:
             raise ValueError(
                 f"holdout_perturbations {unknown} not found in the perturbation column "
                 f"(labels include {labels[:10]})"
             )
         control_codes = self._control_codes()
-        held_controls = [p for p in holdout if labels.index(p) in control_codes]
+        held_controls = [p for p in holdout if holdout_code[p] in control_codes]
         if held_controls:
             raise ValueError(f"the control label {held_controls} cannot be held out")
 
@@ -536,20 +717,18 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
             allowed[np.asarray(control_cells)] = True
             excluded = is_control & ~allowed
         label_codes = np.where(excluded, -1, cells.label_codes)
-        holdout_codes = np.array([labels.index(p) for p in holdout] + [-1])
+        holdout_codes = np.array([holdout_code[p] for p in holdout] + [-1])
         train_idx, val_idx, test_idx = split_cells(
             label_codes, holdout_codes, validation_size, seed
         )
         sources = np.flatnonzero(is_control & ~excluded)
+        self._check_training_cells(
+            is_control, sources, train_idx, val_idx, holdout, control_cells, validation_size
+        )
         sampler = ControlSampler(sources, cells.context, self._context_names())
         datamodule = PerturbationDataModule(
             cells, train_idx, val_idx, test_idx, sampler, batch_size=batch_size, seed=seed
         )
-        trained_codes = np.unique(cells.label_codes[train_idx])
-        trained_genes = np.unique(self._label_gene_sets[trained_codes])
-        trained_genes = torch.from_numpy(trained_genes[trained_genes >= 0])
-        self.module.perturbation_encoder.trained_genes[trained_genes] = True
-        self.holdout_perturbations_ = sorted(set(self.holdout_perturbations_) | set(holdout))
 
         plan = self._training_plan_cls(
             self.module,
@@ -582,7 +761,80 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
             gradient_clip_val=gradient_clip_val,
             **trainer_kwargs,
         )
-        return runner()
+        # Checks done: from here on the model changes.
+        trained_codes = np.unique(cells.label_codes[train_idx])
+        trained_genes = np.unique(self._label_gene_sets[trained_codes])
+        trained_genes = torch.from_numpy(trained_genes[trained_genes >= 0])
+        self.module.perturbation_encoder.trained_genes[trained_genes] = True
+        known = {self._parse(p) for p in self.holdout_perturbations_}
+        new = [p for p in holdout if self._parse(p) not in known]
+        self.holdout_perturbations_ = sorted([*self.holdout_perturbations_, *new])
+
+        main_thread = threading.current_thread() is threading.main_thread()
+        sigint = signal.getsignal(signal.SIGINT) if main_thread else None
+        try:
+            return runner()
+        except (KeyboardInterrupt, SystemExit) as error:
+            cause = _interruption(error, runner.trainer)
+            if cause is None:
+                raise
+            if sigint is not None:  # Lightning ignores Ctrl-C once it has caught one
+                signal.signal(signal.SIGINT, sigint)
+            finished = int(runner.trainer.current_epoch)
+            self.train_indices, self.validation_indices = train_idx, val_idx
+            self.test_indices = test_idx
+            self.is_trained_ = False
+            self.module.eval()
+            raise TrainingInterrupted(
+                f"training interrupted ({cause}) after {finished} of {max_epochs} epochs: the "
+                "model keeps the weights, history and cell split reached so far, with "
+                "is_trained_ = False (set model.is_trained_ = True to use it as it is, or "
+                "call train() again)",
+                finished,
+                int(max_epochs),
+            ) from error
+
+    def _check_training_cells(
+        self,
+        is_control: np.ndarray,
+        sources: np.ndarray,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        holdout: list[str],
+        control_cells,
+        validation_size: float,
+    ) -> None:
+        """Clear errors for data that cannot train a model (before anything changes)."""
+        setup = self._setup_args
+        where = f"adata.obs[{setup['perturbation_key']!r}]"
+        control = setup["control_group"]
+        n_cells = self.adata.n_obs
+        if n_cells < 2:
+            raise ValueError(
+                f"adata has {n_cells} cell: training needs control cells and perturbed cells"
+            )
+        if len(sources) < 2:
+            allowed = "" if control_cells is None else " allowed by control_cells="
+            raise ValueError(
+                f"training needs at least 2 control cells to pair perturbed cells with; "
+                f"{where} has {int(is_control.sum())} control cells ({control!r}), "
+                f"{len(sources)}{allowed} usable"
+            )
+        used = np.concatenate([train_idx, val_idx])
+        if not (~is_control[used]).any():
+            if (~is_control).any():
+                reason = f"all are held out (holdout_perturbations={holdout})"
+            else:
+                reason = f"every cell is a control ({control!r})"
+            raise ValueError(
+                f"no perturbed cells to train on in {where}: {reason}; PertTX learns "
+                "perturbation effects from perturbed cells"
+            )
+        if not len(train_idx):
+            raise ValueError(
+                f"no cells left to train on: validation_size={validation_size} takes all "
+                f"{len(used)} cells; lower validation_size"
+            )
 
     # ---- outputs -----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -616,8 +868,14 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
 
     def _gene_sets_for(self, perturbations: Sequence[str]) -> np.ndarray:
         """Padded vocabulary positions of each label; a clear error for genes the model can't embed."""
+        separator = self._setup_args["label_separator"]
+        blank = [p for p in perturbations if is_blank_label(p, separator)]
+        if blank:
+            raise ValueError(f"empty perturbation label(s) {blank}: name the gene(s), e.g. 'STAT1'")
         gene_sets = [self._parse(p) for p in perturbations]
         known = self.module.perturbation_encoder.can_embed().cpu().numpy()
+        if self._id_table is not None:
+            gene_sets = self._resolve_gene_names(gene_sets, known)
         for label, genes in zip(perturbations, gene_sets, strict=True):
             positions = self.perturbation_genes.get_indexer(list(genes))
             absent = [
@@ -638,6 +896,22 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
                     "predict unseen genes"
                 )
         return gene_set_matrix(gene_sets, self.perturbation_genes)
+
+    def _resolve_gene_names(
+        self, gene_sets: list[tuple[str, ...]], known: np.ndarray
+    ) -> list[tuple[str, ...]]:
+        """Genes unknown under their own name, renamed through the model's id table to the
+        gene of the vocabulary they are (``MARCH8`` -> ``MARCHF8``), as the graphs were read."""
+        vocabulary = self.perturbation_genes
+        absent = sorted({g for genes in gene_sets for g in genes if g not in vocabulary})
+        if not absent:
+            return gene_sets
+        embeddable = vocabulary[known]
+        names = resolve_names(absent, embeddable, self._id_table)
+        renamed = {g: n for g, n in names.items() if n is not None and n != g}
+        if renamed:
+            logger.info("perturbation genes matched through the id table: %s", renamed)
+        return [tuple(sorted({renamed.get(g, g) for g in genes})) for genes in gene_sets]
 
     @torch.inference_mode()
     def get_perturbation_embedding(self, perturbations: Sequence[str]) -> np.ndarray:
@@ -709,7 +983,7 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
         # A separate stream, so that the sampled counts do not depend on n_draws.
         draw_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.module.eval()
-        n_pert, n_src, n_genes = len(perturbations), adata.n_obs, adata.n_vars
+        n_pert, n_src, n_genes = len(perturbations), adata.n_obs, counts.shape[1]
         expected = np.zeros((n_pert, n_src, n_genes), dtype=np.float32)
         mean = np.zeros((n_pert, n_src, n_genes), dtype=np.float32)
         sampled = [[[] for _ in range(n_samples)] for _ in range(n_pert)]
@@ -903,6 +1177,7 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
         n_draws: int = 16,
         batch_size: int = 256,
         seed: int = 0,
+        chunk_size: int = 16,
     ) -> pd.DataFrame:
         """Mean predicted log-normalised profile (perturbations x genes) over ``adata``'s cells.
 
@@ -919,14 +1194,20 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
             cell), log-normalised per cell and averaged; the same quantity with more noise.
         n_samples, n_draws, batch_size, seed
             As in :meth:`predict_perturbation`.
+        chunk_size
+            Perturbations predicted per pass over ``adata`` (memory grows with it).
         """
         if profile not in ("expected", "sampled"):
             raise ValueError(f"profile must be 'expected' or 'sampled', got {profile!r}")
+        perturbations = [str(p) for p in perturbations]
         rows = []
-        for label in perturbations:  # one perturbation at a time: memory of one prediction
+        # Chunks of perturbations share each source cell's encoder pass; memory stays bounded
+        # by one chunk's prediction.
+        for start in range(0, len(perturbations), chunk_size):
+            chunk = perturbations[start : start + chunk_size]
             prediction = self.predict_perturbation(
                 adata,
-                [label],
+                chunk,
                 n_samples=n_samples if profile == "sampled" else 1,
                 n_draws=n_draws,
                 batch_size=batch_size,
@@ -938,7 +1219,10 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
                 )
             else:
                 values = prediction.X
-            rows.append(np.asarray(values.mean(0), dtype=np.float64).ravel())
+            labels = prediction.obs["perturbation"].astype(str).to_numpy()
+            rows += [
+                np.asarray(values[labels == p].mean(0), dtype=np.float64).ravel() for p in chunk
+            ]
         return pd.DataFrame(
             np.vstack(rows),
             index=pd.Index([str(p) for p in perturbations], name="perturbation"),
@@ -1003,14 +1287,34 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
         target = self.adata if adata is None else adata
         setup = self._setup_args
         key, control = setup["perturbation_key"], str(setup["control_group"])
-        perturbations = [str(p) for p in (perturbations or self.holdout_perturbations_)]
-        if not perturbations:
+        requested = [str(p) for p in (perturbations or self.holdout_perturbations_)]
+        if not requested:
             raise ValueError(
                 "no perturbations to evaluate: pass perturbations= or train with "
                 "holdout_perturbations="
             )
-        labels = target.obs[key].astype(str).to_numpy()
-        absent = [p for p in perturbations if not (labels == p).any()]
+        separator = setup["label_separator"]
+        no_gene = [p for p in requested if is_blank_label(p, separator) or not self._parse(p)]
+        if no_gene:
+            raise ValueError(f"perturbations {no_gene} name no gene: nothing to evaluate")
+        if key not in target.obs.columns:
+            raise KeyError(f"column {key!r} (used at setup) not found in adata.obs")
+        if target is not self.adata:
+            check_labels(
+                target.obs[key].astype(str).value_counts(sort=False),
+                key,
+                control,
+                setup["label_separator"],
+            )
+        # The training genes in training order (by name) and one spelling per gene set, in a
+        # new AnnData: the metrics and baselines see what the model sees; adata is unchanged.
+        data = self._aligned_adata(target)
+        spelled: dict[str, str] = {}
+        for p, canonical in zip(requested, self._canonical_labels(requested), strict=True):
+            spelled.setdefault(canonical, p)  # the first spelling names a repeated gene set
+        perturbations = list(spelled)
+        labels = data.obs[key].to_numpy()
+        absent = [spelled[p] for p in perturbations if not (labels == p).any()]
         if absent:
             raise ValueError(
                 f"perturbations {absent} have no cells in adata.obs[{key!r}] to compare to"
@@ -1021,14 +1325,14 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
             train_mask[np.concatenate([self.train_indices, self.validation_indices])] = True
             trained_controls = train_mask & (labels == control)
         fit, reference = metrics.control_masks(
-            target, key, control, trained_controls=trained_controls, split=split_controls, seed=seed
+            data, key, control, trained_controls=trained_controls, split=split_controls, seed=seed
         )
         predicted = self.predict_profiles(
-            target[fit], perturbations, batch_size=batch_size, seed=seed
+            data[fit], perturbations, batch_size=batch_size, seed=seed
         )
         result = metrics.evaluate_heldout(
             {"PertTX": predicted},
-            target,
+            data,
             key,
             control,
             perturbations,
@@ -1050,6 +1354,7 @@ class PertTX(ModelFilesMixin, UnsupervisedTrainingMixin, BaseModelClass):
             else f"split: predictions start from {int(fit.sum())} control cells, observed "
             f"effects are taken against {int(reference.sum())} others"
         )
+        result["perturbation"] = result["perturbation"].astype(str).map(lambda p: spelled.get(p, p))
         logger.info("evaluate: controls %s", result.attrs["controls"])
         target.uns["pertx_evaluation"] = result
         return result

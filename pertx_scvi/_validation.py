@@ -3,12 +3,18 @@
 Nothing here modifies the AnnData it is given.
 """
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+SAMPLED_VALUES = 10_000
+COUNT_LIKELIHOODS = ("nb", "zinb")
 
 
 def get_matrix(adata: AnnData, layer: str | None):
@@ -31,7 +37,7 @@ def as_csr(matrix) -> sp.csr_matrix:
     return sp.csr_matrix(np.asarray(matrix, dtype=np.float32))
 
 
-def check_counts(matrix, layer: str | None, require_integer: bool) -> None:
+def check_counts(matrix, layer: str | None, require_integer: bool, likelihood: str = "nb") -> None:
     """NaN, infinite, negative and (optionally) non-integer values are errors."""
     where = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
     values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
@@ -49,7 +55,8 @@ def check_counts(matrix, layer: str | None, require_integer: bool) -> None:
         example = values[values != np.round(values)][0]
         raise ValueError(
             f"{where} contains non-integer values (e.g. {example:g}) but the count likelihood "
-            "'nb' needs raw counts: pass layer= naming the raw counts, or likelihood='mse'"
+            f"{likelihood!r} needs raw counts: pass layer= naming the raw counts, or "
+            "likelihood='mse'"
         )
 
 
@@ -90,17 +97,77 @@ def check_control_group(adata: AnnData, perturbation_key: str, control_group: st
         )
 
 
+def _sample_values(matrix, n_values: int) -> np.ndarray:
+    """Up to ``n_values`` non-zero values of a matrix (its first stored values / first rows)."""
+    if sp.issparse(matrix):
+        if not hasattr(matrix, "data") or not isinstance(matrix.data, np.ndarray):
+            matrix = sp.csr_matrix(matrix)
+        return np.asarray(matrix.data[:n_values], dtype=np.float64)
+    if hasattr(matrix, "compute"):  # dask arrays: the first rows only
+        matrix = matrix[: n_values // max(matrix.shape[1], 1) + 1].compute()
+    values, n_found = [], 0
+    step = max(1, 100_000 // max(matrix.shape[1], 1))
+    for start in range(0, matrix.shape[0], step):
+        block = np.asarray(matrix[start : start + step], dtype=np.float64).ravel()
+        values.append(block[block != 0])
+        n_found += len(values[-1])
+        if n_found >= n_values:
+            break
+    return np.concatenate(values)[:n_values] if values else np.zeros(0)
+
+
+def check_input_counts(
+    matrix, layer: str | None, likelihood: str, n_values: int = SAMPLED_VALUES
+) -> None:
+    """Inputs of a trained model: the first ``n_values`` non-zeros are finite, non-negative and,
+    for a count likelihood, integers (a bounded check: cheap on any size of data)."""
+    where = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
+    values = _sample_values(matrix, n_values)
+    if not np.isfinite(values).all():
+        raise ValueError(
+            f"{where} holds NaN or infinite values; PertTX predicts from the raw counts of {where}"
+        )
+    if (values < 0).any():
+        raise ValueError(
+            f"{where} holds negative values (e.g. {values[values < 0][0]:.4g}); PertTX was set "
+            f"up on raw counts in {where}: pass the counts there, not scaled or centred values"
+        )
+    fractional = values != np.round(values)
+    if likelihood in COUNT_LIKELIHOODS and fractional.any():
+        hint = " (e.g. adata.X = adata.layers['counts'])" if layer is None else ""
+        raise ValueError(
+            f"{where} holds non-integer values (e.g. {values[fractional][0]:.4g}); PertTX was "
+            f"set up on raw counts in {where} (likelihood {likelihood!r}): put the raw counts "
+            f"there, not log-normalised values{hint}"
+        )
+
+
 def align_genes(adata: AnnData, registered: Sequence[str]) -> np.ndarray | None:
-    """Column order that puts ``adata``'s genes in the registered order (None if identical)."""
+    """Column order that puts ``adata``'s genes in the registered order (None if identical).
+
+    Genes are matched by ``adata.var_names``; genes the model does not know are dropped (logged),
+    missing ones are an error naming some of them.
+    """
     names = pd.Index(adata.var_names)
     registered = pd.Index(registered)
     if names.equals(registered):
         return None
+    if names.has_duplicates:
+        check_unique_genes(names)
     positions = names.get_indexer(registered)
     missing = registered[positions < 0]
     if len(missing):
         raise ValueError(
             f"adata lacks {len(missing)} of the {len(registered)} genes the model was set up with, "
-            f"e.g. {list(missing[:5])}; subset or reorder it to the training genes"
+            f"e.g. {list(missing[:5])} (genes are matched by adata.var_names); subset or reorder "
+            "it to the training genes"
+        )
+    n_extra = len(names) - len(registered)
+    if n_extra:
+        extra = names[~names.isin(registered)]
+        logger.info(
+            "adata has %d genes the model was not trained on (e.g. %s): they are ignored",
+            n_extra,
+            list(extra[:5]),
         )
     return positions

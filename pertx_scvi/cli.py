@@ -7,7 +7,9 @@ import inspect
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +17,51 @@ import numpy as np
 import pandas as pd
 
 logger = logging.getLogger("pertx_scvi")
+
+EXIT_CTRL_C, EXIT_SIGTERM = 130, 143  # 128 + the signal number, as shells report them
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by the ``pertx`` command's SIGTERM handler.
+
+    A KeyboardInterrupt, so that Lightning stops training the way it does on Ctrl-C
+    (:class:`~pertx_scvi._model.TrainingInterrupted` follows) and the command can say what it
+    kept before it exits with status 143.
+    """
+
+
+_terminated = threading.Event()
+
+
+def _on_sigterm(signum, frame) -> None:
+    if _terminated.is_set():  # a second SIGTERM: stop at once
+        os._exit(EXIT_SIGTERM)
+    _terminated.set()
+    raise Terminated("SIGTERM")
+
+
+def install_sigterm_handler():
+    """Make SIGTERM raise :class:`Terminated` (main thread only); return the previous handler."""
+    _terminated.clear()
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _kept(command: str, out: Path) -> str:
+    """What an interrupted command leaves in ``out``."""
+    if command == "benchmark":
+        folds = sorted((out / "folds").glob("fold_*.json")) if (out / "folds").is_dir() else []
+        if not folds:
+            return f"no fold had finished; nothing to resume from in {out}"
+        return (
+            f"kept {len(folds)} finished fold(s) in {out / 'folds'}; run the same command again "
+            "to resume from them"
+        )
+    files = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not files:
+        return f"nothing was written to {out}"
+    return f"the demo did not finish: {out} holds only {files}"
 
 
 def _simulated_task(seed: int):
@@ -161,10 +208,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    if args.command == "demo":
-        run_demo(args)
-    else:
-        run_benchmark(args)
+    previous = install_sigterm_handler()
+    try:
+        if args.command == "demo":
+            run_demo(args)
+        else:
+            run_benchmark(args)
+    except KeyboardInterrupt as error:  # Ctrl-C, SIGTERM, or training stopped by either
+        sigterm = _terminated.is_set()
+        cause = "SIGTERM" if sigterm else "Ctrl-C"
+        detail = ""
+        if hasattr(error, "epochs_finished"):  # TrainingInterrupted
+            detail = f" in training, after {error.epochs_finished} of {error.max_epochs} epochs"
+        print(
+            f"pertx {args.command}: interrupted by {cause}{detail}; "
+            f"{_kept(args.command, Path(args.out))}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_SIGTERM if sigterm else EXIT_CTRL_C
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

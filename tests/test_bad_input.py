@@ -22,15 +22,17 @@ def adata():
 
 
 def _snapshot(adata):
-    return adata.X.copy(), adata.obs.copy(), adata.var.copy(), set(adata.layers.keys())
+    layers, uns = set(adata.layers.keys()), set(adata.uns.keys())
+    return adata.X.copy(), adata.obs.copy(), adata.var.copy(), layers, uns
 
 
 def _unchanged(adata, snapshot):
-    x, obs, var, layers = snapshot
+    x, obs, var, layers, uns = snapshot
     assert np.array_equal(adata.X.toarray(), x.toarray(), equal_nan=True)
     assert adata.obs.equals(obs)
     assert adata.var.equals(var)
     assert set(adata.layers.keys()) == layers
+    assert set(adata.uns.keys()) == uns  # nothing registered (scvi-tools' ids in uns)
 
 
 def _setup(adata, **kwargs):
@@ -76,9 +78,11 @@ def test_bad_count_values(adata, value, message):
 
 def test_non_integer_counts_refused_by_count_likelihood_only(adata):
     adata.X = adata.X * 0.5
-    _setup(adata)
+    _setup(adata)  # the likelihood, known at PertTX(), decides
+    before = _snapshot(adata)
     with pytest.raises(ValueError, match="non-integer.*likelihood='mse'"):
         px.PertTX(adata, d_model=16, n_heads=2, n_layers=1)
+    _unchanged(adata, before)
     px.PertTX(adata, d_model=16, n_heads=2, n_layers=1, likelihood="mse")
 
 
@@ -102,8 +106,13 @@ def test_unknown_holdout_label(adata):
     model = px.PertTX(adata, d_model=16, n_heads=2, n_layers=1)
     with pytest.raises(ValueError, match="'NOPE'"):
         model.train(max_epochs=1, holdout_perturbations=["NOPE"])
+    with pytest.raises(ValueError, match=r"\['\+'\] not found"):
+        model.train(max_epochs=1, holdout_perturbations=["+"])
     with pytest.raises(ValueError, match="control label"):
         model.train(max_epochs=1, holdout_perturbations=["control"])
+    with pytest.raises(ValueError, match="control label"):
+        model.train(max_epochs=1, holdout_perturbations=["ctrl"])
+    assert model.holdout_perturbations_ == [] and not model.is_trained_
 
 
 def test_context_without_controls(adata):

@@ -364,7 +364,13 @@ def test_unseen_genes_beat_train_mean_and_the_shuffled_graph(simulated, graph_mo
     trained = set(adata.obs["perturbation"].astype(str)) - set(held)
     assert all(set(graph.neighbors(g)) & trained for g in held)  # trained network neighbours
     assert true.graph_setup_.renamed == {held[0]: held[0] + "_NEW"}
-    scores = _pearson(true, held, graph, ("train_mean", "graph_neighbour")).loc[held]
+    baselines = (
+        "train_mean",
+        "train_mean_knockdown",
+        "graph_neighbour",
+        "graph_neighbour_knockdown",
+    )
+    scores = _pearson(true, held, graph, baselines).loc[held]
     control = _pearson(shuffled, held, baselines=None).loc[held, "PertTX"]
     print(scores.assign(shuffled=control).round(3))
     assert scores["PertTX"].mean() > scores["train_mean"].mean() + 0.05
@@ -443,3 +449,37 @@ def test_multiview_model_and_label_fallback(simulated):
     label = px.PertTX(adata, gene_graph=graph, perturbation_encoder="label", **SMALL_MODEL)
     assert not hasattr(label.module.perturbation_encoder, "has_prior")
     assert len(label.perturbation_genes) < len(model.perturbation_genes)
+
+
+def test_effect_retrieval_is_a_shrunk_neighbour_average_of_trained_effects():
+    """R_g = Σ_s π_s Σ_v w(g,v) D_v / (Σ_v w(g,v) + λ_s) over trained v ≠ g; trained genes look
+    up their own D_g; in training, left-out genes are retrieved from their neighbours."""
+    from pertx_scvi.module import EffectRetrieval, GeneEmbeddingPerturbationEncoder
+
+    edge_index = torch.tensor([[0, 0, 1, 3], [1, 2, 2, 4]])  # 0-1, 0-2, 1-2, 3-4
+    view = GraphTensors(edge_index, torch.zeros(4, dtype=torch.long), torch.ones(4), ["r"])
+    encoder = GeneEmbeddingPerturbationEncoder(5, 8)
+    encoder.trained_genes[torch.tensor([1, 2, 4])] = True
+    retrieval = EffectRetrieval(5, 3, [view], encoder, leave_out=0.0)
+    with torch.no_grad():
+        retrieval.effects.copy_(torch.arange(15.0).reshape(5, 3))
+    lam = retrieval.shrinkage[0]
+    retrieval.eval()
+    out = retrieval(torch.tensor([[0, -1], [1, -1], [0, 3], [-1, -1]]))
+    d = retrieval.effects.detach()
+    expected_0 = (d[1] + d[2]) / (2 + lam)  # both neighbours trained
+    expected_3 = d[4] / (1 + lam)
+    torch.testing.assert_close(out[0], expected_0)
+    torch.testing.assert_close(out[1], d[1])  # trained: its own effect
+    torch.testing.assert_close(out[2], expected_0 + expected_3)  # members add up
+    assert torch.equal(out[3], torch.zeros(3))
+    # a trained gene left out is retrieved from the others only (never from itself)
+    torch.testing.assert_close(retrieval.retrieve(torch.tensor([1])), (d[2] / (1 + lam))[None])
+    # training with every gene left out: the retrieved effects are used, and gradients reach
+    # π, λ and the neighbours' effects (never the left-out genes' own)
+    retrieval.train()
+    retrieval.leave_out = 1 - 1e-9
+    retrieval(torch.tensor([[1, -1]])).sum().backward()
+    assert retrieval.shrinkage_raw.grad is not None and retrieval.shrinkage_raw.grad.abs().sum() > 0
+    grad = retrieval.effects.grad
+    assert grad[2].abs().sum() > 0 and grad[1].abs().sum() == 0

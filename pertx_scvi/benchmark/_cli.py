@@ -49,7 +49,7 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     graphs.add_argument(
         "--graph",
         default="auto",
-        help="comma-separated names (go, omnipath, trrust from $PERTX_DATA_DIR/graphs; simulated) "
+        help="comma-separated names (go, omnipath, trrust, string from $PERTX_DATA_DIR/graphs; simulated) "
         "or paths; 'none' for no graph; auto (default): simulated network or go",
     )
     graphs.add_argument(

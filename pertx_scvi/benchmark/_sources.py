@@ -1,7 +1,7 @@
 """Data sets and gene graphs by name: files looked up under ``$PERTX_DATA_DIR``.
 
 The one place in the package that maps the names ``simulated``, ``papalexi2021``, ``go``,
-``omnipath`` and ``trrust`` to loaders and to files of the data folder
+``omnipath``, ``trrust`` and ``string`` to loaders and to files of the data folder
 (:func:`pertx_scvi.datasets.find_data_file`); ``pertx benchmark`` and ``pertx demo`` use it.
 """
 
@@ -31,6 +31,7 @@ GRAPH_FILES = {
     "go": "graphs/go_top20_jaccard.csv.gz",
     "omnipath": "graphs/omnipath_interactions.csv.gz",
     "trrust": "graphs/trrust_v2_human.tsv",
+    "string": "graphs/string_v12_human_ntm700.tsv.gz",
 }
 ID_TABLE_FILE = "graphs/human_gene_ids.tsv.gz"
 GENE2GO_FILE = "graphs/human_gene2go.tsv.gz"
@@ -157,7 +158,8 @@ def load_graphs(
         each a :class:`~pertx_scvi.GeneGraph`, a name or a path: ``go`` (GEARS GO graph
         ``graphs/go_top20_jaccard.csv.gz``), ``omnipath``
         (``graphs/omnipath_interactions.csv.gz``, ids mapped with
-        ``graphs/human_gene_ids.tsv.gz``), ``trrust`` (``graphs/trrust_v2_human.tsv``), all
+        ``graphs/human_gene_ids.tsv.gz``), ``trrust`` (``graphs/trrust_v2_human.tsv``), ``string``
+        (STRING v12 combined scores, ``graphs/string_v12_human_ntm700.tsv.gz``), all
         looked up under ``$PERTX_DATA_DIR`` (:func:`pertx_scvi.datasets.find_data_file`);
         ``simulated`` (the simulator's network, given as ``network``); or a file that
         :meth:`~pertx_scvi.GeneGraph.read` understands.
@@ -205,8 +207,13 @@ def load_graphs(
                     id_table = _find(ID_TABLE_FILE, data_dir)
                 except FileNotFoundError:
                     id_table = None
-                loader = GeneGraph.from_omnipath if key == "omnipath" else GeneGraph.from_trrust
-                graphs.append(loader(path, id_table=id_table))
+                if key == "string":  # one relation: the combined score (>= 0.4 in the file)
+                    graphs.append(
+                        GeneGraph.from_string(path, channels="combined_score", id_table=id_table)
+                    )
+                else:
+                    loader = {"omnipath": GeneGraph.from_omnipath, "trrust": GeneGraph.from_trrust}
+                    graphs.append(loader[key](path, id_table=id_table))
         else:
             path = Path(key).expanduser()
             if not path.exists():

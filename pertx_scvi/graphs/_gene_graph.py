@@ -369,7 +369,9 @@ class GeneGraph:
         """STRING ``protein.links.detailed.v*.txt(.gz)`` or ``protein.links.full.v*.txt(.gz)``.
 
         Space-separated with a header ``protein1 protein2 <channel scores...> combined_score``,
-        scores 0-1000. Each evidence channel becomes a relation ``string_<channel>``
+        scores 0-1000; or a table already named by gene symbol, with a header ``gene1 gene2
+        [entrez1 entrez2] <channel scores...> combined_score`` (e.g. STRING v12 as packaged in
+        the dmfind R package). Each evidence channel becomes a relation ``string_<channel>``
         (``string_experiments``, ``string_database``, ``string_textmining``,
         ``string_coexpression``, ``string_neighborhood``, ``string_fusion``,
         ``string_cooccurence``; the detailed file's ``experimental`` is named ``experiments``

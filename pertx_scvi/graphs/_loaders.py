@@ -549,22 +549,30 @@ def read_string(
         df, step = links, "from_string(DataFrame)"
     else:
         _sep, fields = sniff(links)
-        if "protein1" not in fields or "protein2" not in fields:
+        named = "gene1" in fields and "gene2" in fields
+        pair = ("gene1", "gene2") if named else ("protein1", "protein2")
+        if pair[0] not in fields or pair[1] not in fields:
             raise ValueError(
-                f"{links}: not a STRING links file (expected a header 'protein1 protein2 ...'); "
-                f"first line has {fields[:6]}"
+                f"{links}: not a STRING links file (expected a header 'protein1 protein2 ...' "
+                f"or a symbol table 'gene1 gene2 ...'); first line has {fields[:6]}"
             )
-        score_cols = [f for f in fields if f not in ("protein1", "protein2")]
+        text_cols = {*pair, "entrez1", "entrez2"}
+        score_cols = [f for f in fields if f not in text_cols]
         df, step = _read_frame(
             links,
             "from_string",
             sep=r"\s+" if _sep == " " else _sep,
             dtype={
-                "protein1": "category",
-                "protein2": "category",
+                pair[0]: "category",
+                pair[1]: "category",
                 **{c: np.int32 for c in score_cols},
             },
+            usecols=[*pair, *score_cols],
         )
+    named = "gene1" in df.columns and "gene2" in df.columns
+    if named:  # STRING as a table of gene symbols (e.g. dmfind's string.v12 tables)
+        df = df.drop(columns=["entrez1", "entrez2"], errors="ignore")
+        df = df.rename(columns={"gene1": "protein1", "gene2": "protein2"})
     _require(df, ["protein1", "protein2"], step)
     rename = {c: _STRING_ALIASES.get(c, c) for c in df.columns}
     df = df.rename(columns=rename)
@@ -593,7 +601,9 @@ def read_string(
         codes, ids = pd.factorize(pd.concat([c1.astype(str), c2.astype(str)], ignore_index=True))
         s_code, t_code = codes[: len(df)], codes[len(df) :]
     ids = pd.Index(ids.astype(str))
-    if info is not None:
+    if named:
+        new = ids.to_numpy(dtype=object)
+    elif info is not None:
         names = _string_info(info)
         names = names[~names.index.duplicated()]
         mapped = names.reindex(ids)

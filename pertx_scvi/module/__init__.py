@@ -11,9 +11,11 @@ from ._graph_encoder import (
 )
 from ._module import PertTXModule
 from ._pert_encoder import GeneEmbeddingPerturbationEncoder, PerturbationEncoder
+from ._retrieval import EffectRetrieval
 from ._transformer import TransformerEncoder, flash_attn_available, resolve_backend
 
 __all__ = [
+    "EffectRetrieval",
     "GeneEmbeddingPerturbationEncoder",
     "GraphPerturbationEncoder",
     "GraphTensors",

@@ -10,6 +10,7 @@ from pertx_scvi._constants import BATCH_KEYS
 
 from ._decoders import NextCellDecoder, mlp
 from ._embeddings import ExpressionTokenizer, ValueEncoding, select_tokens
+from ._graph_encoder import GraphTensors
 from ._heads import (
     ClassificationHead,
     EmbeddingStandardizer,
@@ -27,6 +28,7 @@ from ._losses import (
     zero_inflated_negative_binomial_loss,
 )
 from ._pert_encoder import GeneEmbeddingPerturbationEncoder, PerturbationEncoder
+from ._retrieval import EffectRetrieval
 from ._transformer import AttentionBackend, TransformerEncoder
 
 Likelihood = Literal["nb", "zinb", "mse"]
@@ -119,6 +121,9 @@ class PertTXModule(BaseModuleClass):
         Batch-hard triplet term on target cell embeddings and its margin.
     contrastive_labels
         Labels of the contrastive and triplet terms: ``"perturbation"`` codes or ``"cell_type"``.
+    retrieval_graphs, retrieval_leave_out
+        Prior graph views over the perturbation genes for :class:`EffectRetrieval` (``None``:
+        no retrieval term) and its leave-out probability.
 
     Notes
     -----
@@ -162,6 +167,8 @@ class PertTXModule(BaseModuleClass):
         contrastive_labels: ContrastiveLabels = "perturbation",
         contrastive_temperature: float = 0.1,
         triplet_margin: float = 0.2,
+        retrieval_graphs: list[GraphTensors] | None = None,
+        retrieval_leave_out: float = 0.5,
     ):
         super().__init__()
         if likelihood not in ("nb", "zinb", "mse"):
@@ -220,6 +227,15 @@ class PertTXModule(BaseModuleClass):
             n_perturbation_genes, d_model
         )
         self.decoder = NextCellDecoder(d_model, n_genes, d_hidden, self_gene_index, dropout)
+        self.retrieval = None
+        if retrieval_graphs:
+            self.retrieval = EffectRetrieval(
+                n_perturbation_genes,
+                n_genes,
+                retrieval_graphs,
+                self.perturbation_encoder,
+                retrieval_leave_out,
+            )
         self.reconstruction_head = None
         if reconstruction_weight > 0:
             self.reconstruction_head = mlp(d_model, d_hidden, n_genes, dropout)
@@ -317,6 +333,8 @@ class PertTXModule(BaseModuleClass):
         members = self.perturbation_encoder.member_vectors(gene_sets)
         pooled = self.perturbation_encoder.pool(members, gene_sets)
         out = {"output": self.decoder(z, members, pooled, gene_sets)}
+        if self.retrieval is not None:
+            out["output"] = out["output"] + self.retrieval(gene_sets)
         if self.dropout_head is not None:
             out["dropout_logits"] = self.dropout_head(torch.cat([z, pooled], dim=-1))
         if heads and self.next_embedding is not None:
