@@ -351,45 +351,72 @@ def graph_models(simulated):
     return true, shuffled, graph
 
 
-@pytest.mark.slow
-def test_unseen_genes_beat_train_mean_and_the_shuffled_graph(simulated, graph_models):
-    """Held-out single regulators whose network neighbours were trained.
+UNSEEN_BASELINES = (
+    "train_mean",
+    "train_mean_knockdown",
+    "graph_neighbour",
+    "graph_neighbour_knockdown",
+)
 
-    Measured on 2026-11-27 (single-threaded CPU): PertTX 0.36 mean Pearson of delta, the same
-    model with the shuffled graph 0.07, train mean 0.14 (both margins well above 0.05; with
-    torch seed 1 instead of 0: 0.39 vs 0.06).
+
+@pytest.fixture(scope="module")
+def unseen_scores(simulated, graph_models):
+    """Pearson of Δ on the held-out regulators: PertTX, the baselines, the shuffled graph."""
+    _, _, held, _ = simulated
+    true, shuffled, graph = graph_models
+    scores = _pearson(true, held, graph, UNSEEN_BASELINES).loc[held]
+    scores["shuffled"] = _pearson(shuffled, held, baselines=None).loc[held, "PertTX"]
+    print(scores.round(3))
+    return scores
+
+
+@pytest.mark.slow
+def test_unseen_genes_beat_train_mean_knockdown_and_the_shuffled_graph(
+    simulated, graph_models, unseen_scores
+):
+    """Held-out single regulators whose network neighbours were trained (margin 0.05).
+
+    Measured 2026-11-30 (single-threaded CPU, effect retrieval on, split controls, expected
+    log-normalised readout): PertTX 0.449, train mean + knockdown 0.323, train mean 0.115;
+    without effect retrieval PertTX was 0.338.
     """
     adata, _, held, _ = simulated
-    true, shuffled, graph = graph_models
+    true, _, graph = graph_models
     trained = set(adata.obs["perturbation"].astype(str)) - set(held)
     assert all(set(graph.neighbors(g)) & trained for g in held)  # trained network neighbours
     assert true.graph_setup_.renamed == {held[0]: held[0] + "_NEW"}
-    baselines = (
-        "train_mean",
-        "train_mean_knockdown",
-        "graph_neighbour",
-        "graph_neighbour_knockdown",
-    )
-    scores = _pearson(true, held, graph, baselines).loc[held]
-    control = _pearson(shuffled, held, baselines=None).loc[held, "PertTX"]
-    print(scores.assign(shuffled=control).round(3))
-    assert scores["PertTX"].mean() > scores["train_mean"].mean() + 0.05
-    assert scores["PertTX"].mean() > control.mean() + 0.05
+    mean = unseen_scores.mean()
+    assert mean["PertTX"] > mean["train_mean_knockdown"] + 0.05
+    assert mean["PertTX"] > mean["shuffled"] + 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured 2026-11-30: on the held-out regulators PertTX (effect retrieval on) has "
+    "Pearson of Δ 0.449 against 0.460 for the graph-neighbour average and 0.542 for "
+    "graph-neighbour + knockdown (top-20: 0.632 vs 0.601 / 0.694; MSE top-20 0.856 vs "
+    "0.802 / 0.685); the non-learned average over the true network is still the bar",
+)
+def test_unseen_genes_reach_the_graph_neighbour_baselines(unseen_scores):
+    mean = unseen_scores.mean()
+    assert mean["PertTX"] >= max(mean["graph_neighbour"], mean["graph_neighbour_knockdown"])
 
 
 @pytest.mark.slow
 def test_combinations_of_seen_genes_match_the_additive_baseline(simulated, graph_models):
-    """Held-out combinations of trained genes: at least the additive baseline minus 0.05.
+    """Held-out combinations of trained genes: at least the additive baseline (margin 0).
 
-    Measured on 2026-11-27: PertTX 0.91 vs additive 0.89 (torch seed 1: 0.89). Without the
-    decoder's interaction dropout the interaction term, learned from 6 combinations, pulled
-    PertTX down to 0.83-0.86.
+    Measured 2026-11-30 (split controls, expected readout, effect retrieval on): PertTX
+    0.875 / 0.880 vs additive 0.840 / 0.847 on the two combinations. Without the decoder's
+    interaction dropout the interaction term, learned from 6 combinations, pulled PertTX below
+    additive (0.83-0.86 against 0.89 on 2026-11-27).
     """
     _, _, _, held_combos = simulated
     true, _, _ = graph_models
     scores = _pearson(true, held_combos).loc[held_combos]
     print(scores.round(3))
-    assert scores["PertTX"].mean() >= scores["additive"].mean() - 0.05
+    assert scores["PertTX"].mean() >= scores["additive"].mean()
 
 
 @pytest.mark.slow
