@@ -24,7 +24,6 @@ import resource
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -57,14 +56,10 @@ def load_graphs(root: Path):
 
 
 def _training_batches(model, batch_size: int, seed: int = 0):
-    """Paired training batches of ``model``'s registered data, as ``model.train`` builds them."""
-    from pertx_scvi.data import ControlSampler, PairedBatchDataset, paired_loader
-
-    cells = model._cell_arrays(model.adata, with_labels=True)
-    is_control = np.isin(cells.label_codes, model._control_codes())
-    sampler = ControlSampler(np.flatnonzero(is_control), cells.context, model._context_names())
-    dataset = PairedBatchDataset(cells, np.arange(model.adata.n_obs), sampler, seed=seed)
-    return paired_loader(dataset, batch_size, shuffle=True), cells
+    """Paired training batches of all of ``model``'s registered cells, as ``model.train`` builds
+    them (``PertTX._make_datamodule``, no validation share), and that data module."""
+    datamodule = model._make_datamodule(validation_size=0.0, batch_size=batch_size, seed=seed)
+    return datamodule.train_dataloader(), datamodule
 
 
 def step_time(adata, graphs, ids, n_steps: int, model_kwargs: dict) -> pd.DataFrame:
@@ -78,13 +73,12 @@ def step_time(adata, graphs, ids, n_steps: int, model_kwargs: dict) -> pd.DataFr
         torch.manual_seed(0)
         models[encoder] = px.PertTX(adata, **model_kwargs, **kwargs)
         log(f"step time: {encoder} model built in {time.perf_counter() - started:.1f} s")
-    loader, cells = _training_batches(models["label"], batch_size=64)
+    loader, _ = _training_batches(models["label"], batch_size=64)
     optimizers = {}
     for encoder, model in models.items():
         module = model.module.train()
-        codes = np.unique(cells.label_codes)
-        genes = np.unique(model._label_gene_sets[codes])
-        module.perturbation_encoder.trained_genes[torch.from_numpy(genes[genes >= 0])] = True
+        genes = model._make_datamodule(validation_size=0.0).trained_gene_positions()
+        module.perturbation_encoder.trained_genes[torch.from_numpy(genes)] = True
         params = [p for p in module.parameters() if p.requires_grad]
         optimizers[encoder] = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
     rows = []

@@ -1,4 +1,5 @@
-"""Registry and batch keys shared by the model, the data loaders and the module."""
+"""Registry and batch keys shared by the model, the data loaders and the module; the
+normalisation target. Imports nothing heavy (``metrics`` and ``module`` both read it)."""
 
 from typing import NamedTuple
 
@@ -27,5 +28,6 @@ class _BatchKeys(NamedTuple):
 REGISTRY_KEYS = _RegistryKeys()
 BATCH_KEYS = _BatchKeys()
 
-CONTROL_TOKENS = ("ctrl", "control", "non-targeting", "NT")
-LIKELIHOODS = ("nb", "mse")
+TARGET_SUM = 1e4
+"""Counts per cell after ``normalize_total``: every log-normalised value is
+``log1p(counts / total * TARGET_SUM)``."""

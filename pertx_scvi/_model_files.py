@@ -552,7 +552,7 @@ def read_model(
     )
 
     cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
-    model = cls(adata, registry=registry, **_init_params(doc, folder))
+    model = cls(adata, **_init_params(doc, folder))
     for name, value in doc.get("attributes", {}).items():
         setattr(model, name, from_json(value))
     model.history_ = history

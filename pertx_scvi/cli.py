@@ -95,7 +95,6 @@ def run_demo(args: argparse.Namespace) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    import scanpy as sc
 
     from . import metrics, pl
     from ._model import PertTX
@@ -133,8 +132,6 @@ def run_demo(args: argparse.Namespace) -> Path:
     )
 
     adata.obsm["X_pertx"] = model.get_latent_representation()
-    sc.pp.neighbors(adata, use_rep="X_pertx")
-    sc.tl.umap(adata, random_state=args.seed)
 
     sources = adata[fit_controls]
     predictions = model.predict_perturbation(sources, holdout)
@@ -166,8 +163,13 @@ def run_demo(args: argparse.Namespace) -> Path:
         perturbations=holdout,
         save=out / "predicted_vs_observed.png",
     )
-    figure = sc.pl.umap(adata, color=setup["perturbation_key"], show=False, return_fig=True)
-    figure.savefig(out / "umap_X_pertx.png", dpi=120, bbox_inches="tight")
+    pl.umap(
+        adata,
+        color=setup["perturbation_key"],
+        save=out / "umap_X_pertx.png",
+        recompute=True,
+        seed=args.seed,
+    )
 
     adata.uns.pop("pertx_evaluation", None)
     adata.write_h5ad(out / "adata_pertx.h5ad")

@@ -8,17 +8,8 @@ import pertx_scvi as px
 
 
 @pytest.fixture
-def adata():
-    data, _, _ = px.datasets.simulate(
-        n_genes=40,
-        n_regulators=6,
-        n_modules=2,
-        n_control_cells=60,
-        n_cells_per_perturbation=10,
-        n_combinations=0,
-        seed=1,
-    )
-    return data
+def adata(tiny_screen):
+    return tiny_screen.copy()
 
 
 def _snapshot(adata):

@@ -189,7 +189,7 @@ def test_go_gene_embedding_small_table():
     assert list(sub.index) == ["G2", "G1"]
     bp = pm.go_gene_embedding(df, n_components=2, ontologies=["BP"])
     assert "G5" not in bp.index
-    with pytest.raises(ValueError, match="'go_id'"):
+    with pytest.raises(ValueError, match="GO term column"):
         pm.go_gene_embedding(df.drop(columns="go_id"))
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pertx_scvi.graphs import GeneGraph, GraphReport, go_embedding, read_gene_embedding
-from pertx_scvi.graphs._loaders import gene_term_matrix, topk_jaccard
+from pertx_scvi.graphs._go_sources import gene_term_matrix, topk_jaccard
 
 IFN = ["IFNG", "IFNGR1", "IFNGR2", "JAK1", "JAK2", "STAT1", "IRF1"]
 

@@ -20,24 +20,14 @@ import pertx_scvi as px
 from pertx_scvi import cli
 from pertx_scvi._model import TrainingInterrupted
 
-TINY = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_hidden": 32}
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
 KEY = "perturbation"
 
 
 @pytest.fixture(scope="module")
-def screen():
-    """60 controls, REG00-REG05 (10 cells each) and two combinations, 40 genes."""
-    data, _, _ = px.datasets.simulate(
-        n_genes=40,
-        n_regulators=6,
-        n_modules=2,
-        n_control_cells=60,
-        n_cells_per_perturbation=10,
-        n_combinations=2,
-        seed=1,
-    )
-    return data
+def screen(tiny_screen):
+    """60 controls, REG00-REG05 (10 cells each) and two combinations, 40 genes (conftest)."""
+    return tiny_screen
 
 
 @pytest.fixture
@@ -77,12 +67,13 @@ def _combination(adata):
 
 
 @pytest.fixture(scope="module")
-def trained(screen):
+def trained(screen, tiny_model, train_model):
     """A tiny model (with a phenotype head) trained 2 epochs with one combination held out."""
     adata = screen.copy()
     _setup(adata, phenotype_keys=["phenotype"])
-    model = px.PertTX(adata, **TINY)
-    model.train(max_epochs=2, holdout_perturbations=[_combination(adata)], **QUIET)
+    model = train_model(
+        adata, tiny_model, max_epochs=2, holdout_perturbations=[_combination(adata)], **QUIET
+    )
     return model, adata
 
 
@@ -97,24 +88,24 @@ def test_empty_label_is_an_error_naming_cells_and_column(adata, blank):
 
 
 @pytest.mark.parametrize("variant", ["REG00 ", "REG00+", "+REG00", "REG00+ctrl", "ctrl+REG00"])
-def test_spellings_of_one_gene_are_one_perturbation(adata, variant):
+def test_spellings_of_one_gene_are_one_perturbation(adata, variant, tiny_model):
     labels = _relabel(adata, "REG00", variant, 4)
     with pytest.warns(UserWarning, match=re.escape(f"'REG00' = {variant!r}")):
         _setup(adata)
-    model = px.PertTX(adata, **TINY)
+    model = px.PertTX(adata, **tiny_model)
     model.train(max_epochs=1, holdout_perturbations=["REG00"], **QUIET)
     held = np.flatnonzero(np.isin(labels, ["REG00", variant]))
     assert len(held) == 10
     np.testing.assert_array_equal(np.sort(model.test_indices), held)
 
 
-def test_holding_out_a_plus_b_holds_out_b_plus_a(adata):
+def test_holding_out_a_plus_b_holds_out_b_plus_a(adata, tiny_model):
     combination = _combination(adata)
     a, b = combination.split("+")
     labels = _relabel(adata, combination, f"{b}+{a}", 4)
     with pytest.warns(UserWarning, match="spells 1 perturbation"):
         _setup(adata)
-    model = px.PertTX(adata, **TINY)
+    model = px.PertTX(adata, **tiny_model)
     model.train(max_epochs=1, holdout_perturbations=[combination], **QUIET)
     held = np.flatnonzero(np.isin(labels, [combination, f"{b}+{a}"]))
     np.testing.assert_array_equal(np.sort(model.test_indices), held)
@@ -178,7 +169,7 @@ def _unchanged_model(model, state):
         ("zero_epochs", "max_epochs must be at least 1"),
     ],
 )
-def test_degenerate_training_data_is_a_clear_error(adata, case, message):
+def test_degenerate_training_data_is_a_clear_error(adata, case, message, tiny_model):
     labels = adata.obs[KEY].astype(str).to_numpy()
     controls, perturbed = np.flatnonzero(labels == "control"), np.flatnonzero(labels != "control")
     holdout = None
@@ -191,7 +182,7 @@ def test_degenerate_training_data_is_a_clear_error(adata, case, message):
     elif case == "all_held_out":
         holdout = sorted(set(labels[perturbed]))
     _setup(adata)
-    model = px.PertTX(adata, **TINY)
+    model = px.PertTX(adata, **tiny_model)
     state, before = _model_state(model), adata.copy()
     with pytest.raises(ValueError, match=message):
         model.train(
@@ -212,15 +203,15 @@ def test_bad_counts_fail_setup_without_changing_adata(adata, value, message):
     _same(adata, before)
 
 
-def test_non_integer_counts_fail_the_model_without_changing_adata(adata):
+def test_non_integer_counts_fail_the_model_without_changing_adata(adata, tiny_model):
     adata.X = adata.X * 0.5
     _setup(adata)  # non-negative and finite: the likelihood decides
     before = adata.copy()
     for likelihood in ("nb", "zinb"):
         with pytest.raises(ValueError, match="non-integer values"):
-            px.PertTX(adata, likelihood=likelihood, **TINY)
+            px.PertTX(adata, likelihood=likelihood, **tiny_model)
         _same(adata, before)
-    px.PertTX(adata, likelihood="mse", **TINY)
+    px.PertTX(adata, likelihood="mse", **tiny_model)
 
 
 # ---- genes matched by name ----------------------------------------------------------------------
@@ -305,7 +296,7 @@ def test_log_normalised_input_is_refused(trained):
 
 
 # ---- perturbation names through the id table ----------------------------------------------------
-def test_outdated_symbol_is_predicted_through_the_id_table(adata, tmp_path):
+def test_outdated_symbol_is_predicted_through_the_id_table(adata, tmp_path, tiny_model):
     edges = pd.DataFrame(
         {
             "source": ["REG00", "REG01", "MARCHF8", "MARCHF8", "REG02"],
@@ -316,10 +307,10 @@ def test_outdated_symbol_is_predicted_through_the_id_table(adata, tmp_path):
     ids = pd.DataFrame({"id": ["MARCH8"], "id_type": ["alias"], "symbol": ["MARCHF8"]})
     _setup(adata)
     controls = adata[adata.obs[KEY] == "control"][:10]
-    plain = px.PertTX(adata, gene_graph=graph, **TINY)
+    plain = px.PertTX(adata, gene_graph=graph, **tiny_model)
     with pytest.raises(ValueError, match="in neither the gene graph"):
         plain.predict_perturbation(controls, ["MARCH8"])
-    model = px.PertTX(adata, gene_graph=graph, id_table=ids, **TINY)
+    model = px.PertTX(adata, gene_graph=graph, id_table=ids, **tiny_model)
     model.train(max_epochs=1, **QUIET)
     pred = model.predict_perturbation(controls, ["MARCH8", "MARCH8+REG00"])
     assert list(pred.obs["perturbation"].cat.categories) == ["MARCH8", "MARCH8+REG00"]
@@ -350,9 +341,9 @@ class _Interrupt(Callback):
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm-cli", "sigterm"])
-def test_interrupted_training_leaves_a_defined_model(adata, how):
+def test_interrupted_training_leaves_a_defined_model(adata, how, tiny_model):
     _setup(adata)
-    model = px.PertTX(adata, **TINY)
+    model = px.PertTX(adata, **tiny_model)
     sigint, sigterm = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     previous = cli.install_sigterm_handler() if how == "sigterm-cli" else None
     try:

@@ -28,7 +28,6 @@ SIM = {
     "targets_per_module": 5,
     "seed": 0,
 }
-SMALL_MODEL = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_hidden": 32}
 LABELS = ["REG00", "REG00+REG02"]
 
 
@@ -39,24 +38,14 @@ def screen():
     return adata, network
 
 
-def _train(adata, **kwargs):
-    torch.manual_seed(0)
-    model = px.PertTX(adata, **SMALL_MODEL, **kwargs)
-    model.train(
-        max_epochs=1,
-        batch_size=32,
-        holdout_perturbations=["REG01"],
-        seed=0,
-        enable_progress_bar=False,
-    )
-    return model
+TRAIN = {"max_epochs": 1, "batch_size": 32, "holdout_perturbations": ["REG01"], "seed": 0}
 
 
 @pytest.fixture(scope="module")
-def trained(screen, tmp_path_factory):
+def trained(screen, tmp_path_factory, tiny_model, train_model):
     """A tiny trained model and its saved folder (with the AnnData)."""
     adata, _ = screen
-    model = _train(adata)
+    model = train_model(adata, tiny_model, **TRAIN)
     folder = tmp_path_factory.mktemp("saved") / "model"
     model.save(folder, save_anndata=True)
     return model, adata, folder
@@ -132,7 +121,7 @@ def test_genes_in_another_order_are_matched_by_name(trained):
         px.PertTX.load(folder, adata[:, 5:].copy())
 
 
-def test_graph_file_travels_with_the_model(screen, tmp_path):
+def test_graph_file_travels_with_the_model(screen, tmp_path, tiny_model, train_model):
     """Built from a graph file and an id table (one gene renamed): loads once the file is gone.
 
     REG01 is held out (never trained): it and GENE001 are embedded through the graph only.
@@ -143,7 +132,9 @@ def test_graph_file_travels_with_the_model(screen, tmp_path):
     graph_file = tmp_path / "graph.csv.gz"
     px.GeneGraph.from_edges(edges, weight="strength", sign="weight").write(graph_file)
     ids = pd.DataFrame({"id": ["REG01"], "id_type": ["alias"], "symbol": ["REG01_NEW"]})
-    model = _train(adata, gene_graph=str(graph_file), id_table=ids)
+    model = train_model(
+        adata, tiny_model, {"gene_graph": str(graph_file), "id_table": ids}, **TRAIN
+    )
     assert model.graph_setup_.renamed == {"REG01": "REG01_NEW"}
     labels = ["REG01", "REG01+REG02", "GENE001"]
     before = _predict(model, _controls(adata), labels)

@@ -131,7 +131,8 @@ def _pair_batch(n_cells=6, n_genes=10, seed=0):
 def _loss_terms(module, tensors):
     inference = module.inference(**module._get_inference_input(tensors))
     generative = module.generative(**module._get_generative_input(tensors, inference))
-    return inference, module.loss(tensors, inference, generative).reconstruction_loss
+    output = module.loss(tensors, inference, generative)
+    return inference, {**output.reconstruction_loss, **output.extra_metrics}
 
 
 @pytest.mark.parametrize(("mlm_cell", "sequences_per_pair"), [("source", 1), ("target", 2)])

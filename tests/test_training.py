@@ -9,20 +9,10 @@ import pertx_scvi as px
 from pertx_scvi.data import ControlSampler, PairedBatchDataset
 from pertx_scvi.train import lr_multiplier, resolve_precision
 
-TINY = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_hidden": 32, "dropout": 0.0}
-
 
 @pytest.fixture(scope="module")
-def screen():
-    adata, _, _ = px.datasets.simulate(
-        n_genes=40,
-        n_regulators=6,
-        n_modules=2,
-        n_control_cells=120,
-        n_cells_per_perturbation=20,
-        n_combinations=2,
-        seed=2,
-    )
+def screen(tiny_screen):
+    adata = tiny_screen.copy()
     px.PertTX.setup_anndata(adata, perturbation_key="perturbation", control_group="control")
     return adata
 
@@ -31,8 +21,8 @@ def screen():
     ("optimizer", "lr", "expected"),
     [("adamw", 3e-3, "AdamW"), ("lion", 3e-4, "Lion"), ("prodigy", 1.0, "Prodigy")],
 )
-def test_optimizers_are_used_and_train(screen, optimizer, lr, expected):
-    model = px.PertTX(screen, **TINY)
+def test_optimizers_are_used_and_train(screen, optimizer, lr, expected, tiny_model):
+    model = px.PertTX(screen, **tiny_model)
     model.train(
         max_epochs=6, optimizer=optimizer, lr=lr, lr_schedule="constant", enable_progress_bar=False
     )
@@ -43,8 +33,8 @@ def test_optimizers_are_used_and_train(screen, optimizer, lr, expected):
         assert losses[-1] < losses[0]
 
 
-def test_unknown_optimizer_is_an_error(screen):
-    model = px.PertTX(screen, **TINY)
+def test_unknown_optimizer_is_an_error(screen, tiny_model):
+    model = px.PertTX(screen, **tiny_model)
     with pytest.raises(ValueError, match="'sgd'"):
         model.train(max_epochs=1, optimizer="sgd", enable_progress_bar=False)
 
@@ -92,8 +82,8 @@ class _ImageLogger(Logger):
         self.images.append((key, len(images)))
 
 
-def test_logger_passes_through_with_umap_images_and_history_kept(screen):
-    model = px.PertTX(screen, **TINY)
+def test_logger_passes_through_with_umap_images_and_history_kept(screen, tiny_model):
+    model = px.PertTX(screen, **tiny_model)
     recorder = _ImageLogger()
     model.train(max_epochs=2, validation_size=0.2, logger=recorder, enable_progress_bar=False)
     assert recorder.images == [("umap_X_pertx", 1), ("umap_X_pertx", 1)]
@@ -102,15 +92,15 @@ def test_logger_passes_through_with_umap_images_and_history_kept(screen):
     assert model.module.training is False
 
 
-def test_csv_logger_by_name(screen, tmp_path, monkeypatch):
+def test_csv_logger_by_name(screen, tmp_path, monkeypatch, tiny_model):
     monkeypatch.chdir(tmp_path)
-    model = px.PertTX(screen, **TINY)
+    model = px.PertTX(screen, **tiny_model)
     model.train(max_epochs=1, logger="csv", enable_progress_bar=False)
     assert list(tmp_path.glob("pertx_logs/**/metrics.csv"))
 
 
-def test_early_stopping_stops_on_validation_loss(screen):
-    model = px.PertTX(screen, **TINY)
+def test_early_stopping_stops_on_validation_loss(screen, tiny_model):
+    model = px.PertTX(screen, **tiny_model)
     model.train(
         max_epochs=30,
         lr=0.0,
@@ -135,8 +125,8 @@ def test_pairing_draws_controls_of_the_same_context_and_redraws():
     assert not np.array_equal(drawn, again)
 
 
-def test_validation_pairs_are_fixed_training_pairs_are_redrawn(screen):
-    model = px.PertTX(screen, **TINY)
+def test_validation_pairs_are_fixed_training_pairs_are_redrawn(screen, tiny_model):
+    model = px.PertTX(screen, **tiny_model)
     cells = model._cell_arrays(screen, with_labels=True)
     controls = np.flatnonzero(np.isin(cells.label_codes, model._control_codes()))
     sampler = ControlSampler(controls, cells.context)
@@ -158,10 +148,10 @@ def test_validation_pairs_are_fixed_training_pairs_are_redrawn(screen):
         {"mlm_cell": "target", "value_encoding": "continuous"},
     ],
 )
-def test_token_options_train_and_predict_every_gene(screen, options):
+def test_token_options_train_and_predict_every_gene(screen, options, tiny_model):
     """Fewer tokens than genes, binned values, masking the target: all through the public API."""
     torch.manual_seed(0)
-    model = px.PertTX(screen, **TINY, **options)
+    model = px.PertTX(screen, **tiny_model, **options)
     model.train(max_epochs=8, lr=3e-3, lr_schedule="constant", enable_progress_bar=False)
     losses = model.history["train_loss"]["train_loss"].to_numpy(dtype=float)
     assert losses[-2:].mean() < losses[:2].mean(), losses
@@ -181,14 +171,16 @@ def test_bad_token_options_are_clear_errors(screen):
         px.PertTX(screen, value_encoding="rank")
 
 
-def test_wandb_logger_offline_logs_losses_and_umap_images(screen, tmp_path, monkeypatch):
+def test_wandb_logger_offline_logs_losses_and_umap_images(
+    screen, tmp_path, monkeypatch, tiny_model
+):
     """logger="wandb" (offline: no account, no network): losses and UMAP images reach the run."""
     wandb = pytest.importorskip("wandb")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    model = px.PertTX(screen, **TINY)
+    model = px.PertTX(screen, **tiny_model)
     try:
         model.train(max_epochs=2, validation_size=0.2, logger="wandb", enable_progress_bar=False)
         summary = dict(wandb.run.summary)

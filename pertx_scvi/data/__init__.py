@@ -2,13 +2,13 @@
 
 from ._dataset import CellArrays, PairedBatchDataset, cell_loader, paired_loader
 from ._pairing import ControlSampler
-from ._splitter import PerturbationDataModule, split_cells
+from ._splitter import PerturbationDataSplitter, split_cells
 
 __all__ = [
     "CellArrays",
     "ControlSampler",
     "PairedBatchDataset",
-    "PerturbationDataModule",
+    "PerturbationDataSplitter",
     "cell_loader",
     "paired_loader",
     "split_cells",

@@ -1,7 +1,7 @@
 """Perturbation-aware split: held-out labels never reach training; a random validation share."""
 
-import lightning.pytorch as pl
 import numpy as np
+from scvi.dataloaders import DataSplitter
 
 from ._dataset import CellArrays, PairedBatchDataset, paired_loader
 from ._pairing import ControlSampler
@@ -30,15 +30,37 @@ def split_cells(
     return np.sort(shuffled[n_val:]), np.sort(shuffled[:n_val]), np.flatnonzero(held_out)
 
 
-class PerturbationDataModule(pl.LightningDataModule):
-    """Lightning data module of paired batches for training and validation.
+class PerturbationDataSplitter(DataSplitter):
+    """scvi-tools' :class:`~scvi.dataloaders.DataSplitter` with a perturbation-aware split and
+    paired batches.
 
-    Exposes ``train_idx``, ``val_idx``, ``test_idx`` (held-out cells), ``n_train`` and ``n_val``
-    as scvi-tools' data splitters do, so the train runner records them on the model.
+    The split is given (``external_indexing``, from :func:`split_cells`: held-out labels never
+    reach training or validation); the loaders serve whole batches of (control source,
+    perturbed target) pairs from :class:`PairedBatchDataset` instead of scvi-tools'
+    per-cell ``AnnDataLoader``. ``train_idx``, ``val_idx``, ``test_idx`` (held-out cells),
+    ``n_train`` and ``n_val`` are the splitter's, so the train runner records them on the model.
+
+    Parameters
+    ----------
+    adata_manager
+        The model's :class:`~scvi.data.AnnDataManager`.
+    cells
+        The registered arrays of every cell (:meth:`PertTX._cell_arrays`).
+    train_idx, val_idx, test_idx
+        Cell positions of training, validation and held-out cells (every cell in one).
+    sampler
+        Control sources of each target cell's context.
+    batch_size
+        Pairs per batch.
+    seed
+        Seed of the pairing (validation pairs are fixed by ``seed + 1``).
+    holdout_perturbations
+        The labels held out (``test_idx``), kept for the model's bookkeeping.
     """
 
     def __init__(
         self,
+        adata_manager,
         cells: CellArrays,
         train_idx: np.ndarray,
         val_idx: np.ndarray,
@@ -46,15 +68,26 @@ class PerturbationDataModule(pl.LightningDataModule):
         sampler: ControlSampler,
         batch_size: int = 64,
         seed: int = 0,
+        holdout_perturbations: list[str] | None = None,
     ):
-        super().__init__()
+        super().__init__(
+            adata_manager,
+            external_indexing=[train_idx, val_idx, test_idx],
+            batch_size=batch_size,
+        )
         self.cells = cells
         self.train_idx, self.val_idx, self.test_idx = train_idx, val_idx, test_idx
-        self.n_train, self.n_val = len(train_idx), len(val_idx)
         self.sampler = sampler
         self.batch_size = batch_size
         self.seed = seed
+        self.holdout_perturbations = list(holdout_perturbations or [])
         sampler.check_targets(np.concatenate([train_idx, val_idx]))
+
+    def trained_gene_positions(self) -> np.ndarray:
+        """Vocabulary positions of the genes perturbed in the training cells."""
+        codes = np.unique(self.cells.label_codes[self.train_idx])
+        genes = np.unique(self.cells.label_gene_sets[codes])
+        return genes[genes >= 0]
 
     def train_dataloader(self):
         dataset = PairedBatchDataset(self.cells, self.train_idx, self.sampler, seed=self.seed)

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._constants import TARGET_SUM
+
 CONTROL = "control"
 SEP = "+"
 _MAX_SPECTRAL_RADIUS = 0.7
@@ -421,7 +423,7 @@ def simulate(
         )  # (P, T, B, G)
         prop = np.exp(e - _logsumexp(e, axis=-1))
         mu = np.einsum("ptbg,tb->pg", prop, weights)
-        return np.log1p(1e4 * mu / mu.sum(axis=1, keepdims=True))
+        return np.log1p(TARGET_SUM * mu / mu.sum(axis=1, keepdims=True))
 
     ctrl_log1p = expected_log1p(np.zeros((1, n_meas)))[0]
     true_labels = list(labels)
@@ -472,7 +474,7 @@ def simulate(
     n_ph = min(n_phenotype_genes, target_cols.size)
     ph_cols = np.sort(rng.choice(target_cols, n_ph, replace=False))
     ph_w = np.where(rng.random(n_ph) < 0.5, -1.0, 1.0) * rng.uniform(0.5, 1.5, n_ph)
-    latent = np.log(1e4) + log_prop[:, ph_cols]
+    latent = np.log(TARGET_SUM) + log_prop[:, ph_cols]
     ref = np.log(np.expm1(ctrl_log1p[ph_cols]))  # log(1e4 * mu_control)
     phen_clean = (latent - ref) @ ph_w
     noise_sd = phenotype_noise * phen_clean.std()

@@ -13,7 +13,8 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
-from ._loaders import PathLike, gene_term_matrix, read_gene2go
+from ._go_sources import gene_term_matrix, read_gene2go
+from ._loaders import PathLike
 
 logger = logging.getLogger("pertx_scvi.graphs")
 

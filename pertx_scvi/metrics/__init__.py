@@ -29,13 +29,13 @@ from ._baselines import (
     GraphNeighbourAverage,
     KnockdownPrior,
     Linear,
-    SplitHalfCeiling,
     TrainingProfiles,
     TrainMean,
     fit_baselines,
     go_gene_embedding,
     training_profiles,
 )
+from ._ceiling import SplitHalfCeiling
 from ._heldout import control_masks, evaluate_heldout, pooled_discrimination
 from ._metrics import (
     benjamini_hochberg,

@@ -20,9 +20,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 from scipy import sparse
-from scipy.sparse.linalg import svds
 
-from ._metrics import _rng_for
 from ._utils import (
     DEFAULT_CONTROL_TOKENS,
     DEFAULT_SEPARATOR,
@@ -42,7 +40,6 @@ __all__ = [
     "Linear",
     "GraphNeighbourAverage",
     "KnockdownPrior",
-    "SplitHalfCeiling",
     "TrainingProfiles",
     "training_profiles",
     "go_gene_embedding",
@@ -558,76 +555,6 @@ class KnockdownPrior(Baseline):
         return delta
 
 
-class SplitHalfCeiling(Baseline):
-    """Noise ceiling: half of a perturbation's own cells predicts the other half.
-
-    :meth:`fit` takes the *held-out* cells (with controls). For every perturbation the cells
-    are split at random (seeded per label) into half A (``n // 2`` cells) and half B; the
-    prediction is the mean profile of half A. ``eval_mask_`` (boolean over the fitted AnnData's
-    cells) is True for half B and every other cell (controls included). Evaluate *all*
-    methods on the same cells so the comparison is fair::
-
-        ceiling = SplitHalfCeiling().fit(adata_heldout, "perturbation", "control")
-        ev = adata_heldout[ceiling.eval_mask_]
-        preds = {"ceiling": ceiling.predict(perts), "train_mean": tm.predict(perts)}
-        compare(preds, ev, "perturbation", "control", control_mask=ctrl_mask[ceiling.eval_mask_])
-
-    The ceiling is conservative: it predicts from ``n/2`` cells and is scored against ``n/2``
-    cells. Perturbations with fewer than 2 cells cannot be split; predicting them raises.
-    """
-
-    name = "split_half"
-
-    def __init__(self, seed: int = 0, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.seed = seed
-
-    def fit(
-        self,
-        adata_train: ad.AnnData,
-        perturbation_key: str,
-        control_group: str,
-        layer: str | None = None,
-    ) -> SplitHalfCeiling:
-        """Split every held-out perturbation's cells; ``adata_train`` = the held-out cells."""
-        labels = check_labels(adata_train, perturbation_key, control_group)
-        tokens = control_tokens_for(control_group, self.control_tokens)
-        canon = canonical_labels(labels, self.separator, tokens)
-        keys = sorted({c for c in pd.unique(canon) if c})
-        masks: dict[str, np.ndarray] = {}
-        in_a = np.zeros(labels.size, dtype=bool)
-        for key in keys:
-            idx = np.flatnonzero(canon == key)
-            if idx.size < 2:
-                continue
-            perm = _rng_for(self.seed, key).permutation(idx)
-            m = np.zeros(labels.size, dtype=bool)
-            m[perm[: idx.size // 2]] = True
-            masks[key] = m
-            in_a |= m
-        split = list(masks)
-        X = log_normalize(adata_train, layer)
-        mean, _, _ = group_stats(X, canon, ["", *split], masks=masks)
-        self.genes_ = pd.Index(adata_train.var_names.astype(str), name="gene")
-        self._tokens = tokens
-        self.control_mean_ = pd.Series(mean[0], index=self.genes_, name="control")
-        self.half_means_ = pd.DataFrame(mean[1:], index=pd.Index(split), columns=self.genes_)
-        self.eval_mask_ = ~in_a
-        return self
-
-    def fit_profiles(self, profiles: TrainingProfiles) -> Baseline:  # pragma: no cover
-        raise ValueError("SplitHalfCeiling needs the held-out cells: use fit(adata_heldout, ...)")
-
-    def _predict_delta(self, genes: tuple[str, ...], label: str) -> np.ndarray:
-        key = self.separator.join(genes)
-        if key not in self.half_means_.index:
-            raise ValueError(
-                f"SplitHalfCeiling has no cells (>= 2) for perturbation {label!r}; fit it on "
-                "the held-out cells"
-            )
-        return self.half_means_.loc[key].to_numpy() - self.control_mean_.to_numpy()
-
-
 # --------------------------------------------------------------------------------------------
 # embeddings and convenience
 # --------------------------------------------------------------------------------------------
@@ -640,75 +567,27 @@ def go_gene_embedding(
     ontologies: Sequence[str] | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Gene embedding from GO annotations (truncated SVD of the gene x GO-term matrix).
+    """GO gene embedding of the linear baseline: :func:`pertx_scvi.graphs.go_embedding` in its
+    plain variant (binary gene x term matrix, no idf weighting, every annotation kept: no
+    ontology or evidence filter unless ``ontologies`` is given).
 
-    Builds the binary matrix ``A`` (``A[g, t] = 1`` when gene ``g`` is annotated with term
-    ``t``), takes its truncated SVD ``A ≈ U S Vᵀ`` (``scipy.sparse.linalg.svds``, components by
-    decreasing singular value, each column's sign fixed so its largest-magnitude entry is
-    positive) and returns ``U S`` with every row scaled to unit L2 norm. The SVD always uses every
-    annotated gene, so an embedding does not depend on ``genes``.
-
-    Parameters
-    ----------
-    gene2go_path_or_df
-        Path of a tab-separated table (e.g. ``human_gene2go.tsv.gz``) or a DataFrame, with
-        columns ``symbol`` and ``go_id`` (and ``ontology`` when ``ontologies`` is given).
-    n_components
-        Embedding dimensions (capped at ``min(n_genes, n_terms) - 1``).
-    genes
-        Return only these genes, in this order; genes without GO annotation are left out (the
-        linear baseline gives them a zero embedding).
-    ontologies
-        Keep only these ontologies (e.g. ``("BP",)``); default all.
-    seed
-        Seed of the SVD's start vector (the result is deterministic).
-
-    Returns
-    -------
-    pandas.DataFrame
-        Genes x ``n_components``, columns ``go_0 ...``.
+    ``genes``: return only these genes, in this order; genes without GO annotation are left
+    out (the linear baseline gives them a zero embedding). ``seed``: the SVD's start vector.
     """
-    if isinstance(gene2go_path_or_df, pd.DataFrame):
-        df = gene2go_path_or_df
-    else:
-        df = pd.read_csv(gene2go_path_or_df, sep="\t")
-    for col in ("symbol", "go_id"):
-        if col not in df.columns:
-            raise ValueError(f"gene2go table lacks column {col!r} (columns: {list(df.columns)})")
-    if ontologies is not None:
-        if "ontology" not in df.columns:
-            raise ValueError("ontologies given but the gene2go table has no 'ontology' column")
-        df = df[df["ontology"].isin(list(ontologies))]
-    df = df[["symbol", "go_id"]].dropna().astype(str).drop_duplicates()
-    if df.empty:
-        raise ValueError("gene2go table has no annotations")
-    gene_cat = pd.Categorical(df["symbol"])
-    term_cat = pd.Categorical(df["go_id"])
-    A = sparse.csr_matrix(
-        (np.ones(len(df)), (gene_cat.codes, term_cat.codes)),
-        shape=(len(gene_cat.categories), len(term_cat.categories)),
-    )
-    k = int(min(n_components, min(A.shape) - 1))
-    if k < 1:
-        raise ValueError(f"gene x term matrix {A.shape} is too small for an SVD")
-    v0 = np.random.default_rng(seed).standard_normal(min(A.shape))
-    U, S, _ = svds(A, k=k, v0=v0)
-    order = np.argsort(-S)
-    U, S = U[:, order], S[order]
-    sign = np.sign(U[np.abs(U).argmax(axis=0), np.arange(k)])
-    sign[sign == 0] = 1.0
-    E = U * (S * sign)[None, :]
-    norms = np.linalg.norm(E, axis=1, keepdims=True)
-    E = np.divide(E, norms, out=np.zeros_like(E), where=norms > 0)
-    out = pd.DataFrame(
-        E,
-        index=pd.Index(gene_cat.categories.astype(str), name="gene"),
-        columns=[f"go_{i}" for i in range(k)],
+    from ..graphs._go_embedding import go_embedding  # numpy / scipy / pandas only
+
+    table = go_embedding(
+        gene2go_path_or_df,
+        n_components,
+        ontologies=ontologies,
+        exclude_evidence=None,
+        idf=False,
+        random_state=seed,
     )
     if genes is not None:
         wanted = pd.Index([str(g) for g in genes])
-        out = out.loc[wanted[wanted.isin(out.index)]]
-    return out
+        table = table.loc[wanted[wanted.isin(table.index)]]
+    return table
 
 
 BASELINES: dict[str, type[Baseline]] = {

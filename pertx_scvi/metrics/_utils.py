@@ -13,14 +13,13 @@ import pandas as pd
 import scanpy as sc
 from scipy import sparse
 
+from pertx_scvi._constants import TARGET_SUM
 from pertx_scvi._labels import (  # noqa: F401  (re-exported)
     DEFAULT_CONTROL_TOKENS,
     DEFAULT_SEPARATOR,
     canonical_label,
     parse_perturbation,
 )
-
-TARGET_SUM = 1e4
 
 
 def canonical_labels(
@@ -148,12 +147,14 @@ def group_stats(
 
 
 def as_gene_vector(values, genes: pd.Index, name: str) -> np.ndarray:
-    """Align a per-gene vector (Series indexed by gene or array in ``genes`` order)."""
+    """A per-gene vector in ``genes`` order from a Series (matched by gene name) or an array
+    (by position); a ValueError naming ``name`` when genes are missing or the length differs."""
     if isinstance(values, pd.Series):
+        values = values.set_axis(values.index.astype(str))
         missing = genes.difference(values.index)
         if len(missing):
             raise ValueError(
-                f"{name} lacks {len(missing)} genes of the data, e.g. {list(missing[:5])}"
+                f"{name} lacks {len(missing)} gene(s) of the data, e.g. {list(missing[:5])}"
             )
         return values.reindex(genes).to_numpy(dtype=np.float64)
     arr = np.asarray(values, dtype=np.float64).ravel()

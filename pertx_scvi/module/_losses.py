@@ -4,8 +4,10 @@ import torch
 import torch.nn.functional as F
 from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
 
+from pertx_scvi._constants import TARGET_SUM
 
-def log_normalize(counts: torch.Tensor, library: torch.Tensor, target_sum: float = 1e4):
+
+def log_normalize(counts: torch.Tensor, library: torch.Tensor, target_sum: float = TARGET_SUM):
     """log1p(normalize_total(counts, target_sum)) with ``library`` the per-cell totals (batch, 1)."""
     return torch.log1p(counts / library * target_sum)
 

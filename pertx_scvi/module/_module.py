@@ -6,7 +6,7 @@ import torch
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
-from pertx_scvi._constants import BATCH_KEYS
+from pertx_scvi._constants import BATCH_KEYS, TARGET_SUM
 
 from ._decoders import NextCellDecoder, mlp
 from ._embeddings import ExpressionTokenizer, ValueEncoding, select_tokens
@@ -34,7 +34,6 @@ from ._transformer import AttentionBackend, TransformerEncoder
 Likelihood = Literal["nb", "zinb", "mse"]
 ContrastiveLabels = Literal["perturbation", "cell_type"]
 MaskedCell = Literal["source", "target"]
-TARGET_SUM = 1e4
 # Loss terms computed from cell embeddings (besides next_cell and mlm).
 HEAD_TERMS = (
     "cell_type",
@@ -65,8 +64,8 @@ class PertTXModule(BaseModuleClass):
     perturbation_encoder
         Embeds gene sets; defaults to one free embedding per perturbed gene.
     d_model, n_heads, n_layers, d_hidden, dropout
-        Transformer size and dropout. Dropout is 0 by default: on CPU, drawing dropout masks
-        over every token took a quarter of a training step.
+        Transformer size and dropout. Dropout is 0 by default (dropout masks over every
+        token are costly on CPU).
     attention_backend
         ``"auto"``, ``"native"``, ``"sdpa"`` or ``"flash"``.
     likelihood
@@ -611,7 +610,16 @@ class PertTXModule(BaseModuleClass):
         return negative_binomial_loss(counts, mean, theta)
 
     def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
-        terms = {
+        """Weighted loss terms and their sum.
+
+        ``reconstruction_loss``: the expression terms, per cell (``next_cell``, the perturbed
+        cell's expression; ``reconstruction``, the control cell's own; ``mlm``, the masked
+        values). ``extra_metrics``: the other terms (heads and embedding terms per cell;
+        ``graph``, the graph encoder's link-prediction regulariser, one value per batch).
+        ``loss`` is the sum of every term's mean; each term is logged as ``<term>_train`` /
+        ``<term>_validation``.
+        """
+        expression = {
             "next_cell": self._expression_loss(
                 generative_outputs["output"],
                 tensors[BATCH_KEYS.TARGET_X],
@@ -621,26 +629,27 @@ class PertTXModule(BaseModuleClass):
             )
         }
         if self.reconstruction_head is not None:
-            terms["reconstruction"] = self._expression_loss(
+            expression["reconstruction"] = self._expression_loss(
                 self.reconstruction_head(inference_outputs["z"]),
                 tensors[BATCH_KEYS.SOURCE_X],
                 inference_outputs["source_library"],
                 inference_outputs["source_values"],
             )
         if "mlm_prediction" in inference_outputs:
-            terms["mlm"] = squared_error_loss(
+            expression["mlm"] = squared_error_loss(
                 inference_outputs["mlm_prediction"],
                 inference_outputs["mlm_values"],
                 inference_outputs["mlm_mask"],
             )
-        terms.update(self._head_terms(tensors, inference_outputs, generative_outputs))
-        weighted = {name: self.loss_weights[name] * value for name, value in terms.items()}
+        others = self._head_terms(tensors, inference_outputs, generative_outputs)
+        expression = {name: self.loss_weights[name] * value for name, value in expression.items()}
+        others = {name: self.loss_weights[name] * value for name, value in others.items()}
+        total = sum(value.mean() for value in [*expression.values(), *others.values()])
         regularization = self.perturbation_encoder.regularization_loss()
-        if regularization is not None:
-            # A per-batch scalar, spread over cells so LossOutput keeps one value per cell.
-            weighted["graph"] = regularization.expand(terms["next_cell"].shape[0])
-        total = sum(value.mean() for value in weighted.values())
-        return LossOutput(loss=total, reconstruction_loss=weighted)
+        if regularization is not None:  # already weighted by the encoder's graph_weight
+            others["graph"] = regularization
+            total = total + regularization
+        return LossOutput(loss=total, reconstruction_loss=expression, extra_metrics=others)
 
     def sample(self, *args, **kwargs):
         raise NotImplementedError("use PertTX.predict_perturbation to sample perturbed cells")

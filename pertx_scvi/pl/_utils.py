@@ -7,9 +7,10 @@ import os
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+
+from ..metrics._utils import as_gene_vector
 
 PathLike = str | os.PathLike
 
@@ -53,19 +54,6 @@ def as_frame(profiles: pd.DataFrame | pd.Series, what: str) -> pd.DataFrame:
             f"{what} must be a DataFrame (perturbations x genes), not {type(profiles).__name__}"
         )
     return profiles
-
-
-def as_gene_vector(values, genes: pd.Index, what: str) -> np.ndarray:
-    """A per-gene vector in ``genes`` order from a Series (by name) or an array (by position)."""
-    if isinstance(values, pd.Series):
-        missing = genes.difference(values.index.astype(str))
-        if len(missing):
-            raise ValueError(f"{what} lacks {len(missing)} gene(s), e.g. {list(missing[:5])}")
-        return values.reindex(genes).to_numpy(dtype=np.float64)
-    array = np.asarray(values, dtype=np.float64).ravel()
-    if array.shape != (len(genes),):
-        raise ValueError(f"{what} has {array.size} values for {len(genes)} genes")
-    return array
 
 
 def deltas(

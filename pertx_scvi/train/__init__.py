@@ -2,10 +2,11 @@
 
 from ._logging import EmbeddingUmapCallback, make_loggers, resolve_precision
 from ._optimizers import make_optimizer
-from ._plan import PertTXTrainingPlan
+from ._plan import DEFAULT_LR, PertTXTrainingPlan
 from ._schedules import lr_multiplier
 
 __all__ = [
+    "DEFAULT_LR",
     "EmbeddingUmapCallback",
     "PertTXTrainingPlan",
     "lr_multiplier",

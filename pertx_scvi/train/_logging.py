@@ -9,6 +9,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from scvi.train._logger import SimpleLogger
 
+from .._threads import keep_torch_threads
+
 
 def resolve_precision(precision: str | int | None, accelerator: str = "auto") -> str | int:
     """``bf16-mixed`` on a capable GPU by default, full fp32 on CPU (where bf16 is slower)."""
@@ -43,7 +45,8 @@ class EmbeddingUmapCallback(Callback):
         if trainer.sanity_checking or not len(self.cells):
             return
         import matplotlib.pyplot as plt
-        import scanpy as sc
+
+        from ..pl import umap
 
         was_training = pl_module.module.training
         with warnings.catch_warnings():
@@ -52,11 +55,11 @@ class EmbeddingUmapCallback(Callback):
         pl_module.module.train(was_training)
         view = self.model.adata[self.cells].copy()
         view.obsm["X_pertx"] = latent
-        sc.pp.neighbors(view, use_rep="X_pertx", n_neighbors=min(15, len(self.cells) - 1))
-        sc.tl.umap(view)
         setup = self.model._setup_args
         colors = [k for k in (setup["perturbation_key"], setup["cell_type_key"]) if k]
-        figure = sc.pl.umap(view, color=colors, show=False, return_fig=True)
+        n_neighbors = min(15, len(self.cells) - 1)
+        with keep_torch_threads():  # scanpy's numba kernels reset torch's thread count
+            figure = umap(view, color=colors, n_neighbors=n_neighbors, recompute=True)
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key="umap_X_pertx", images=[figure], step=trainer.global_step)

@@ -1,4 +1,5 @@
-"""Training plan: an optimiser with warm-up and a decay schedule; every loss term logged per epoch."""
+"""Training plan: scvi-tools' plan with a chosen optimiser, a warm-up + decay schedule per step,
+and every loss term logged per epoch."""
 
 from scvi.train import TrainingPlan
 from torch.optim.lr_scheduler import LambdaLR
@@ -6,9 +7,18 @@ from torch.optim.lr_scheduler import LambdaLR
 from ._optimizers import OptimizerName, make_optimizer
 from ._schedules import Schedule, lr_multiplier
 
+DEFAULT_LR = 1e-2
+"""Default peak learning rate of :class:`PertTXTrainingPlan` and :meth:`PertTX.train
+<pertx_scvi.PertTX.train>` (the measured choice: ``benchmarks/learning_rate.py``)."""
+
 
 class PertTXTrainingPlan(TrainingPlan):
     """Lightning plan for :class:`~pertx_scvi.module.PertTXModule`.
+
+    The optimiser is built through scvi-tools' ``optimizer="Custom"`` /
+    ``optimizer_creator`` seam (so ``TrainingPlan.configure_optimizers`` creates it);
+    :meth:`configure_optimizers` adds the per-step warm-up and decay schedule, which
+    scvi-tools' plan does not offer (it has ``ReduceLROnPlateau`` only).
 
     Parameters
     ----------
@@ -17,13 +27,17 @@ class PertTXTrainingPlan(TrainingPlan):
     optimizer
         ``"adamw"`` (default), ``"lion"`` (lion-pytorch) or ``"prodigy"`` (prodigyopt).
     lr
-        Peak learning rate.
+        Peak learning rate (:data:`DEFAULT_LR`, 1e-2: high for a transformer, because the
+        per-gene effects are learned through products of weights that start at zero; warm-up
+        and gradient clipping keep it stable).
     weight_decay
-        AdamW weight decay.
+        Weight decay.
     lr_schedule
         ``"cosine"`` (default), ``"step"`` or ``"constant"`` after warm-up.
     warmup_fraction
         Share of all optimisation steps spent warming up linearly.
+    **kwargs
+        Passed to :class:`scvi.train.TrainingPlan`.
     """
 
     def __init__(
@@ -31,27 +45,38 @@ class PertTXTrainingPlan(TrainingPlan):
         module,
         *,
         optimizer: OptimizerName = "adamw",
-        lr: float = 1e-3,
+        lr: float = DEFAULT_LR,
         weight_decay: float = 1e-2,
         lr_schedule: Schedule = "cosine",
         warmup_fraction: float = 0.05,
         **kwargs,
     ):
-        super().__init__(module, optimizer="AdamW", lr=lr, weight_decay=weight_decay, **kwargs)
-        self.optimizer_name = optimizer
+        super().__init__(
+            module,
+            optimizer="Custom",
+            optimizer_creator=self._create_optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            **kwargs,
+        )
+        self.optimizer_kind = optimizer
         self.lr_schedule = lr_schedule
         self.warmup_fraction = warmup_fraction
 
+    def _create_optimizer(self, params):
+        """scvi-tools' ``optimizer_creator``: the named optimiser on the trainable parameters."""
+        return make_optimizer(self.optimizer_kind, params, self.lr, self.weight_decay)
+
     def configure_optimizers(self):
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        optimizer = make_optimizer(self.optimizer_name, params, self.lr, self.weight_decay)
+        config = super().configure_optimizers()  # the optimiser from _create_optimizer
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(self.warmup_fraction * total)
-        scheduler = LambdaLR(optimizer, lr_multiplier(self.lr_schedule, total, warmup))
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        multiplier = lr_multiplier(self.lr_schedule, total, warmup)
+        config["lr_scheduler"] = {
+            "scheduler": LambdaLR(config["optimizer"], multiplier),
+            "interval": "step",
         }
+        return config
 
     def _step(self, batch, mode: str):
         _, _, output = self.forward(batch, loss_kwargs=self.loss_kwargs)
@@ -65,8 +90,9 @@ class PertTXTrainingPlan(TrainingPlan):
             batch_size=size,
             sync_dist=self.use_sync_dist,
         )
-        # Per-term losses, logged here rather than through LossOutput.extra_metrics (DDP-safe).
-        for name, value in output.reconstruction_loss.items():
+        # Every term (expression terms in reconstruction_loss, the others in extra_metrics),
+        # logged here rather than through scvi-tools' metric collections (DDP-safe).
+        for name, value in {**output.reconstruction_loss, **output.extra_metrics}.items():
             self.log(
                 f"{name}_{mode}",
                 value.mean().detach(),

@@ -1,0 +1,526 @@
+"""Outputs of :class:`~pertx_scvi.PertTX`: cell and perturbation embeddings, predicted
+cells, phenotypes and profiles (AnnData / DataFrames assembled from
+:meth:`PertTXModule.predict <pertx_scvi.module.PertTXModule.predict>`), and ``evaluate``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+
+from . import metrics
+from ._constants import REGISTRY_KEYS
+from ._labels import check_labels, gene_set_matrix, is_blank_label
+from ._threads import keep_torch_threads
+from .data import cell_loader
+from .graphs import GeneGraph
+from .graphs._id_mapping import resolve_names
+
+logger = logging.getLogger(__name__)
+
+
+class PredictionMixin:
+    """Embeddings, predictions and evaluation of :class:`~pertx_scvi.PertTX`."""
+
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int = 512,
+    ) -> np.ndarray:
+        """Cell embeddings (CLS token output), cells x ``d_model``.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the training genes; defaults to the registered one.
+        indices
+            Cells of ``adata`` to embed; all by default.
+        batch_size
+            Cells per forward pass.
+        """
+        self._check_if_trained(warn=True)
+        adata = self.adata if adata is None else adata
+        if indices is not None:
+            adata = adata[np.asarray(indices)]
+        counts = self._cell_arrays(adata, with_labels=False).counts
+        self.module.eval()
+        embeddings = [
+            self.module.embed_cells(batch).cpu() for batch in cell_loader(counts, batch_size)
+        ]
+        return torch.cat(embeddings).numpy() if embeddings else np.zeros((0, 0), np.float32)
+
+    def _gene_sets_for(self, perturbations: Sequence[str]) -> np.ndarray:
+        """Padded vocabulary positions of each label; a clear error for genes the model can't embed."""
+        separator = self._setup_args["label_separator"]
+        blank = [p for p in perturbations if is_blank_label(p, separator)]
+        if blank:
+            raise ValueError(f"empty perturbation label(s) {blank}: name the gene(s), e.g. 'STAT1'")
+        gene_sets = [self._parse(p) for p in perturbations]
+        known = self.module.perturbation_encoder.can_embed().cpu().numpy()
+        if self._id_table is not None:
+            gene_sets = self._resolve_gene_names(gene_sets, known)
+        for label, genes in zip(perturbations, gene_sets, strict=True):
+            positions = self.perturbation_genes.get_indexer(list(genes))
+            absent = [
+                g for g, pos in zip(genes, positions, strict=True) if pos < 0 or not known[pos]
+            ]
+            if absent and getattr(self.module.perturbation_encoder, "has_prior", False):
+                raise ValueError(
+                    f"cannot embed perturbation {label!r}: gene(s) {absent} were never perturbed "
+                    "in training and are in neither the gene graph nor the gene embedding table "
+                    "of this model (names are matched as in the data; pass id_table= to "
+                    "PertTX to match aliases and outdated symbols)"
+                )
+            if absent:
+                raise ValueError(
+                    f"cannot embed perturbation {label!r}: gene(s) {absent} were never perturbed "
+                    "in training and this model has no gene graph or gene embedding table to "
+                    "embed them; train with a gene graph (PertTX(adata, gene_graph=...)) to "
+                    "predict unseen genes"
+                )
+        return gene_set_matrix(gene_sets, self.perturbation_genes)
+
+    def _resolve_gene_names(
+        self, gene_sets: list[tuple[str, ...]], known: np.ndarray
+    ) -> list[tuple[str, ...]]:
+        """Genes unknown under their own name, renamed through the model's id table to the
+        gene of the vocabulary they are (``MARCH8`` -> ``MARCHF8``), as the graphs were read."""
+        vocabulary = self.perturbation_genes
+        absent = sorted({g for genes in gene_sets for g in genes if g not in vocabulary})
+        if not absent:
+            return gene_sets
+        embeddable = vocabulary[known]
+        names = resolve_names(absent, embeddable, self._id_table)
+        renamed = {g: n for g, n in names.items() if n is not None and n != g}
+        if renamed:
+            logger.info("perturbation genes matched through the id table: %s", renamed)
+        return [tuple(sorted({renamed.get(g, g) for g in genes})) for genes in gene_sets]
+
+    @torch.inference_mode()
+    def get_perturbation_embedding(self, perturbations: Sequence[str]) -> np.ndarray:
+        """Embedding (len(perturbations) x d_model) of perturbation labels such as ``"A+B"``."""
+        gene_sets = torch.from_numpy(self._gene_sets_for(list(perturbations)))
+        self.module.eval()
+        return self.module.perturbation_encoder(gene_sets.to(self.device)).cpu().numpy()
+
+    @torch.inference_mode()
+    def predict_perturbation(
+        self,
+        adata: AnnData,
+        perturbations: Sequence[str],
+        n_samples: int = 1,
+        n_draws: int = 16,
+        batch_size: int = 256,
+        seed: int = 0,
+    ) -> AnnData:
+        """Predict how the cells of ``adata`` (usually controls) respond to each perturbation.
+
+        Parameters
+        ----------
+        adata
+            Source cells with the training genes (counts in the registered layer).
+        perturbations
+            Labels to predict, e.g. ``["IRF1", "IRF1+JAK2"]``: combinations of any size,
+            including ones never seen in training.
+        n_samples
+            Count profiles drawn from the likelihood per source cell and perturbation.
+        n_draws
+            Monte Carlo draws per predicted cell behind ``X`` (see Returns).
+        batch_size
+            Source cells per forward pass.
+        seed
+            Seed of the count sampling and of the Monte Carlo draws.
+
+        Returns
+        -------
+        AnnData with one row per source cell, perturbation and sample (perturbation-major):
+
+        - ``X``: the expected log-normalised expression of the predicted cell,
+          E[log1p(counts / total * 1e4)] under the model's likelihood, estimated from
+          ``n_draws`` count draws log-normalised by their own totals. It is on the scale of
+          ``sc.pp.normalize_total(target_sum=1e4)`` + ``sc.pp.log1p`` data: ``pred.X.mean(0)``
+          compares directly with the mean of observed cells. (The log of the predicted mean
+          count would sit far above it on sparse data.) For ``likelihood="mse"`` it is the
+          prediction itself.
+        - ``layers["mean"]``: the predicted mean counts at the source cell's library size
+          (for ZINB the mean of the zero-inflated counts).
+        - ``layers["counts"]``: counts sampled from the likelihood (dropout included for ZINB)
+          with the source cell's library size.
+        - ``obs["perturbation"]``, ``obs["source_cell"]``, ``obs["sample"]``; where the model
+          has the heads, ``obs["predicted_<cell_type_key>"]`` and
+          ``obsm["<cell_type_key>_probabilities"]`` (cell type of the predicted cell), and
+          ``obs["predicted_<phenotype key>"]`` (its phenotype scores).
+        """
+        self._check_if_trained(warn=True)
+        perturbations = [str(p) for p in perturbations]
+        if not perturbations:
+            raise ValueError("perturbations is empty: name at least one label, e.g. ['STAT1']")
+        if adata.n_obs == 0:
+            raise ValueError("adata has no cells to use as sources")
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        gene_sets = torch.from_numpy(self._gene_sets_for(perturbations)).to(self.device)
+        counts = self._cell_arrays(adata, with_labels=False).counts
+        library = torch.from_numpy(np.asarray(counts.sum(1), dtype=np.float32))
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        # A separate stream, so that the sampled counts do not depend on n_draws.
+        draw_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
+        self.module.eval()
+        n_pert, n_src, n_genes = len(perturbations), adata.n_obs, counts.shape[1]
+        expected = np.zeros((n_pert, n_src, n_genes), dtype=np.float32)
+        mean = np.zeros((n_pert, n_src, n_genes), dtype=np.float32)
+        sampled = [[[] for _ in range(n_samples)] for _ in range(n_pert)]
+        heads: dict[str, list] = {}
+        start = 0
+        for batch in cell_loader(counts, batch_size):
+            z = self.module.embed_cells(batch)
+            stop = start + len(z)
+            lib = library[start:stop].to(self.device)
+            for p in range(n_pert):
+                predicted = self.module.predict(
+                    z,
+                    gene_sets[p].expand(len(z), -1),
+                    lib,
+                    n_samples=n_samples,
+                    n_draws=n_draws,
+                    generator=generator,
+                    draw_generator=draw_generator,
+                )
+                expected[p, start:stop] = predicted["expected"].cpu().numpy()
+                mean[p, start:stop] = predicted["mean"].cpu().numpy()
+                for s, draw in enumerate(predicted["samples"]):
+                    sampled[p][s].append(sp.csr_matrix(draw.cpu().numpy()))
+                for name, value in predicted["heads"].items():
+                    heads.setdefault(name, [[] for _ in range(n_pert)])[p].append(
+                        value.cpu().numpy()
+                    )
+            start = stop
+
+        n_rows = n_pert * n_samples * n_src
+        obs = pd.DataFrame(
+            {
+                "perturbation": pd.Categorical(
+                    np.repeat(perturbations, n_samples * n_src), categories=perturbations
+                ),
+                "source_cell": np.tile(np.asarray(adata.obs_names), n_pert * n_samples),
+                "sample": np.tile(np.repeat(np.arange(n_samples), n_src), n_pert),
+            },
+            index=pd.Index([f"pred_{i}" for i in range(n_rows)]),
+        )
+        for key in (self._setup_args["cell_type_key"], self._setup_args["batch_key"]):
+            if key is not None and key in adata.obs:
+                obs[key] = np.tile(np.asarray(adata.obs[key]), n_pert * n_samples)
+        counts_layer = sp.vstack([m for per_p in sampled for per_s in per_p for m in per_s])
+
+        def per_sample(values: np.ndarray) -> np.ndarray:
+            # (n_pert, n_src, genes) -> one row per perturbation, sample and source cell.
+            return np.repeat(values[:, None], n_samples, axis=1).reshape(n_rows, n_genes)
+
+        result = AnnData(
+            X=per_sample(expected),
+            obs=obs,
+            var=pd.DataFrame(index=self._registered_var_names().copy()),
+            layers={
+                "mean": per_sample(mean),
+                "counts": sp.csr_matrix(counts_layer, dtype=np.float32),
+            },
+        )
+        result.uns["pertx"] = {
+            "X": "E[log1p(counts / total * 1e4)] under the model (Monte Carlo)",
+            "n_draws": n_draws,
+            "n_samples": n_samples,
+        }
+        for name, per_p in heads.items():
+            values = np.stack([np.concatenate(chunks) for chunks in per_p])
+            values = np.repeat(values[:, None], n_samples, axis=1).reshape(n_rows, -1)
+            self._add_head_columns(result, name, values)
+        return result
+
+    def _add_head_columns(self, result: AnnData, name: str, values: np.ndarray) -> None:
+        """Write head outputs (rows of ``result``) as obs / obsm columns."""
+        if name == "cell_type_probabilities":
+            key = self._setup_args["cell_type_key"]
+            classes = np.asarray(self._mapping(REGISTRY_KEYS.CELL_TYPE_KEY)).astype(str)
+            result.obsm[f"{key}_probabilities"] = pd.DataFrame(
+                values, index=result.obs_names, columns=classes
+            )
+            result.obs[f"predicted_{key}"] = pd.Categorical(
+                classes[values.argmax(1)], categories=classes
+            )
+        elif name == "phenotype":
+            for j, key in enumerate(self._setup_args["phenotype_keys"]):
+                result.obs[f"predicted_{key}"] = values[:, j]
+
+    @torch.inference_mode()
+    def predict_phenotype(
+        self,
+        adata: AnnData | None = None,
+        perturbations: Sequence[str] | None = None,
+        batch_size: int = 256,
+    ) -> pd.DataFrame:
+        """Phenotype scores (the ``phenotype_keys`` of setup) predicted from cell embeddings.
+
+        Parameters
+        ----------
+        adata
+            Cells with the training genes; defaults to the registered AnnData.
+        perturbations
+            ``None``: the phenotype of each cell as it is. Labels (e.g. ``["STAT1", "A+B"]``):
+            the predicted phenotype of each cell after each perturbation, read from the
+            predicted next-cell embedding (source embedding + perturbation embedding).
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        DataFrame with one column per phenotype key. Without ``perturbations`` indexed by
+        ``adata.obs_names``; with them one row per perturbation and source cell
+        (perturbation-major, as :meth:`predict_perturbation`) with the extra columns
+        ``perturbation`` and ``source_cell``.
+        """
+        keys = list(self._setup_args["phenotype_keys"] or [])
+        if not keys:
+            raise ValueError(
+                "predict_phenotype needs phenotype scores, but this model was set up without "
+                "phenotype_keys: call PertTX.setup_anndata(adata, ..., phenotype_keys=[...]) "
+                "and train a new model"
+            )
+        needs = "next_phenotype_weight" if perturbations is not None else "phenotype_weight"
+        if not self.module.has_phenotype_head(next_cell=perturbations is not None):
+            raise ValueError(f"this model was built with {needs}=0: it has no such head")
+        self._check_if_trained(warn=True)
+        adata = self.adata if adata is None else adata
+        if adata.n_obs == 0:
+            raise ValueError("adata has no cells")
+        counts = self._cell_arrays(adata, with_labels=False).counts
+        self.module.eval()
+        if perturbations is None:
+            scores = [
+                self.module.predict_heads(self.module.embed_cells(batch))["phenotype"].cpu()
+                for batch in cell_loader(counts, batch_size)
+            ]
+            return pd.DataFrame(torch.cat(scores).numpy(), index=adata.obs_names, columns=keys)
+
+        perturbations = [str(p) for p in perturbations]
+        if not perturbations:
+            raise ValueError("perturbations is empty: name at least one label, e.g. ['STAT1']")
+        gene_sets = torch.from_numpy(self._gene_sets_for(perturbations)).to(self.device)
+        n_pert, n_src = len(perturbations), adata.n_obs
+        scores = np.zeros((n_pert, n_src, len(keys)), dtype=np.float32)
+        start = 0
+        for batch in cell_loader(counts, batch_size):
+            z = self.module.embed_cells(batch)
+            stop = start + len(z)
+            for p in range(n_pert):
+                next_z = self.module.predict_next(z, gene_sets[p].expand(len(z), -1))["next_z"]
+                phenotype = self.module.predict_heads(next_z, next_cell=True)["phenotype"]
+                scores[p, start:stop] = phenotype.cpu().numpy()
+            start = stop
+        result = pd.DataFrame(
+            {
+                "perturbation": pd.Categorical(
+                    np.repeat(perturbations, n_src), categories=perturbations
+                ),
+                "source_cell": np.tile(np.asarray(adata.obs_names), n_pert),
+            }
+        )
+        result[keys] = scores.reshape(n_pert * n_src, len(keys))
+        return result
+
+    def predict_profiles(
+        self,
+        adata: AnnData,
+        perturbations: Sequence[str],
+        profile: str = "expected",
+        n_samples: int = 2,
+        n_draws: int = 16,
+        batch_size: int = 256,
+        seed: int = 0,
+        chunk_size: int = 16,
+    ) -> pd.DataFrame:
+        """Mean predicted log-normalised profile (perturbations x genes) over ``adata``'s cells.
+
+        Parameters
+        ----------
+        adata
+            Source cells (usually controls).
+        perturbations
+            Labels to predict.
+        profile
+            ``"expected"`` (default): the mean of :meth:`predict_perturbation`'s ``X``, the
+            expected log1p(normalize_total 1e4) value, on the scale of the mean of observed
+            cells. ``"sampled"``: counts drawn from the likelihood (``n_samples`` per source
+            cell), log-normalised per cell and averaged; the same quantity with more noise.
+        n_samples, n_draws, batch_size, seed
+            As in :meth:`predict_perturbation`.
+        chunk_size
+            Perturbations predicted per pass over ``adata`` (memory grows with it).
+        """
+        if profile not in ("expected", "sampled"):
+            raise ValueError(f"profile must be 'expected' or 'sampled', got {profile!r}")
+        perturbations = [str(p) for p in perturbations]
+        rows = []
+        # Chunks of perturbations share each source cell's encoder pass; memory stays bounded
+        # by one chunk's prediction.
+        for start in range(0, len(perturbations), chunk_size):
+            chunk = perturbations[start : start + chunk_size]
+            prediction = self.predict_perturbation(
+                adata,
+                chunk,
+                n_samples=n_samples if profile == "sampled" else 1,
+                n_draws=n_draws,
+                batch_size=batch_size,
+                seed=seed,
+            )
+            if profile == "sampled":
+                values = metrics.log_normalize(
+                    AnnData(X=prediction.layers["counts"], var=prediction.var)
+                )
+            else:
+                values = prediction.X
+            labels = prediction.obs["perturbation"].astype(str).to_numpy()
+            rows += [
+                np.asarray(values[labels == p].mean(0), dtype=np.float64).ravel() for p in chunk
+            ]
+        return pd.DataFrame(
+            np.vstack(rows),
+            index=pd.Index([str(p) for p in perturbations], name="perturbation"),
+            columns=self._registered_var_names().astype(str),
+        )
+
+    @keep_torch_threads()  # the metrics' numba kernels reset the thread count torch uses
+    def evaluate(
+        self,
+        adata: AnnData | None = None,
+        perturbations: Sequence[str] | None = None,
+        baselines: Sequence[str] | dict | None = metrics.BASELINE_NAMES,
+        gene_graph: GeneGraph | None = None,
+        gene_embedding: pd.DataFrame | None = None,
+        n_top_de: int = 20,
+        split_controls: bool = True,
+        batch_size: int = 256,
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """Score predictions of held-out perturbations against baselines fitted on the same cells.
+
+        The held-out protocol of :func:`pertx_scvi.metrics.evaluate_heldout`: metrics
+        (:func:`pertx_scvi.metrics.compare`) per perturbation in log1p(normalize_total 1e4)
+        space, PertTX's profile being the mean of :meth:`predict_perturbation`'s ``X`` over the
+        fitting controls. The control cells are kept apart
+        (:func:`pertx_scvi.metrics.control_masks`): controls that training left out
+        (``train(control_cells=...)``) are the reference of the observed effects; otherwise the
+        controls are split into random halves, one that predictions start from and baselines
+        are fitted on, one that observed effects are taken against.
+
+        Parameters
+        ----------
+        adata
+            Cells with the held-out perturbations and controls; the registered AnnData by
+            default (then the baselines see exactly the model's training cells).
+        perturbations
+            Labels to evaluate; defaults to the ones held out in training.
+        baselines
+            Names among :data:`pertx_scvi.metrics.BASELINE_NAMES` (the graph-neighbour ones
+            need ``gene_graph``), or a dict name -> fitted baseline.
+        gene_graph
+            :class:`~pertx_scvi.GeneGraph` of the graph-neighbour baselines.
+        gene_embedding
+            Gene x dims table of the linear baseline.
+        n_top_de
+            Number of top DE genes of the ``*_top`` metrics.
+        split_controls
+            Keep fitting and reference controls apart (default). ``False`` shares them and
+            warns: their common noise then inflates the correlations.
+        batch_size, seed
+            Prediction batch size; seed of the control split, the prediction and the
+            strong-effect splits.
+
+        Returns
+        -------
+        Tidy DataFrame (method, perturbation, metric, value, strong_effect, ...), also stored
+        in ``adata.uns["pertx_evaluation"]``; ``.attrs["controls"]`` says how the controls
+        were used. Summarise with :func:`pertx_scvi.metrics.summarize` and
+        :func:`pertx_scvi.metrics.paired_differences`.
+        """
+        self._check_if_trained(warn=False)
+        target = self.adata if adata is None else adata
+        setup = self._setup_args
+        key, control = setup["perturbation_key"], str(setup["control_group"])
+        requested = [str(p) for p in (perturbations or self.holdout_perturbations_)]
+        if not requested:
+            raise ValueError(
+                "no perturbations to evaluate: pass perturbations= or train with "
+                "holdout_perturbations="
+            )
+        separator = setup["label_separator"]
+        no_gene = [p for p in requested if is_blank_label(p, separator) or not self._parse(p)]
+        if no_gene:
+            raise ValueError(f"perturbations {no_gene} name no gene: nothing to evaluate")
+        if key not in target.obs.columns:
+            raise KeyError(f"column {key!r} (used at setup) not found in adata.obs")
+        if target is not self.adata:
+            check_labels(
+                target.obs[key].astype(str).value_counts(sort=False),
+                key,
+                control,
+                setup["label_separator"],
+            )
+        # The training genes in training order (by name) and one spelling per gene set, in a
+        # new AnnData: the metrics and baselines see what the model sees; adata is unchanged.
+        data = self._aligned_adata(target)
+        spelled: dict[str, str] = {}
+        for p, canonical in zip(requested, self._canonical_labels(requested), strict=True):
+            spelled.setdefault(canonical, p)  # the first spelling names a repeated gene set
+        perturbations = list(spelled)
+        labels = data.obs[key].to_numpy()
+        absent = [spelled[p] for p in perturbations if not (labels == p).any()]
+        if absent:
+            raise ValueError(
+                f"perturbations {absent} have no cells in adata.obs[{key!r}] to compare to"
+            )
+        train_mask = trained_controls = None
+        if target is self.adata:
+            train_mask = np.zeros(target.n_obs, dtype=bool)
+            train_mask[np.concatenate([self.train_indices, self.validation_indices])] = True
+            trained_controls = train_mask & (labels == control)
+        fit, reference = metrics.control_masks(
+            data, key, control, trained_controls=trained_controls, split=split_controls, seed=seed
+        )
+        predicted = self.predict_profiles(
+            data[fit], perturbations, batch_size=batch_size, seed=seed
+        )
+        result = metrics.evaluate_heldout(
+            {"PertTX": predicted},
+            data,
+            key,
+            control,
+            perturbations,
+            fit_controls=fit,
+            reference_controls=reference,
+            train_mask=train_mask,
+            baselines=baselines,
+            edges=None if gene_graph is None else gene_graph.edges,
+            gene_embedding=gene_embedding,
+            layer=setup["layer"],
+            n_top_de=n_top_de,
+            seed=seed,
+            separator=setup["label_separator"],
+        )
+        shared = bool((fit == reference).all())
+        result.attrs["controls"] = (
+            "shared: predictions and observed effects use the same control cells"
+            if shared
+            else f"split: predictions start from {int(fit.sum())} control cells, observed "
+            f"effects are taken against {int(reference.sum())} others"
+        )
+        result["perturbation"] = result["perturbation"].astype(str).map(lambda p: spelled.get(p, p))
+        logger.info("evaluate: controls %s", result.attrs["controls"])
+        target.uns["pertx_evaluation"] = result
+        return result

@@ -1,0 +1,303 @@
+"""Training role of :class:`~pertx_scvi.PertTX`: the data module (split, pairing, batches),
+the scvi-tools training plan and runner, and a defined state after an interruption."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scvi.train import TrainRunner
+
+from .data import ControlSampler, PerturbationDataSplitter, split_cells
+from .train import DEFAULT_LR, PertTXTrainingPlan, make_loggers, resolve_precision
+
+
+def _interruption(error: BaseException, trainer) -> str | None:
+    """What interrupted training (``"Ctrl-C"``, ``"SIGTERM"``), or None for another exit.
+
+    Lightning turns a KeyboardInterrupt into ``sys.exit(1)`` (the interrupt is its context) and
+    a SIGTERM, without a handler of ours, into its ``SIGTERMException`` (a ``SystemExit``).
+    """
+    sigterm = bool(getattr(trainer, "received_sigterm", False))
+    if isinstance(error, KeyboardInterrupt) or isinstance(error.__context__, KeyboardInterrupt):
+        return "SIGTERM" if sigterm else "Ctrl-C"
+    if sigterm or type(error).__name__ == "SIGTERMException":
+        return "SIGTERM"
+    return None
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C (KeyboardInterrupt) or SIGTERM before its last epoch.
+
+    Raised by :meth:`PertTX.train`; the message says how many epochs finished. The model keeps
+    the weights and history reached so far, with ``is_trained_`` False.
+    """
+
+    def __init__(self, message: str, epochs_finished: int = 0, max_epochs: int = 0):
+        super().__init__(message)
+        self.epochs_finished, self.max_epochs = epochs_finished, max_epochs
+
+
+class TrainingMixin:
+    """``train`` of :class:`~pertx_scvi.PertTX` through scvi-tools' seams: the data splitter
+    (:attr:`_data_splitter_cls`), the training plan (:attr:`_training_plan_cls`) and the train
+    runner (:attr:`_train_runner_cls`)."""
+
+    _data_splitter_cls = PerturbationDataSplitter
+    _training_plan_cls = PertTXTrainingPlan
+    _train_runner_cls = TrainRunner
+
+    def train(
+        self,
+        max_epochs: int = 20,
+        holdout_perturbations: Sequence[str] | None = None,
+        validation_size: float = 0.1,
+        batch_size: int = 64,
+        optimizer: str = "adamw",
+        lr: float = DEFAULT_LR,
+        weight_decay: float = 1e-2,
+        lr_schedule: str = "cosine",
+        warmup_fraction: float = 0.05,
+        early_stopping: bool = False,
+        early_stopping_patience: int = 5,
+        gradient_clip_val: float = 1.0,
+        control_cells: np.ndarray | None = None,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        precision: str | int | None = None,
+        logger=None,
+        seed: int = 0,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ):
+        """Train on the registered AnnData.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells.
+        holdout_perturbations
+            Labels whose cells never reach training or validation (to predict them later).
+        validation_size
+            Share of the remaining cells used for validation (loss logged every epoch).
+        batch_size
+            Pairs per mini-batch.
+        optimizer
+            ``"adamw"``, ``"lion"`` (lion-pytorch) or ``"prodigy"`` (prodigyopt; use ``lr=1``).
+        lr, weight_decay, lr_schedule, warmup_fraction
+            Optimiser settings and the schedule after linear warm-up (``"cosine"``, ``"step"``,
+            ``"constant"``); see :class:`~pertx_scvi.train.PertTXTrainingPlan` (the default
+            ``lr``, 1e-2, is :data:`pertx_scvi.train.DEFAULT_LR`).
+        early_stopping, early_stopping_patience
+            Stop when ``validation_loss`` has not improved for that many epochs.
+        gradient_clip_val
+            Gradient-norm clipping.
+        control_cells
+            Boolean mask or positions of the control cells that training may use (as sources
+            and targets); the others are left out, e.g. to measure effects against them later.
+        accelerator, devices
+            Passed to Lightning.
+        precision
+            Lightning precision; default ``"bf16-mixed"`` on a GPU that supports it, ``32`` on CPU
+            (mixed precision is GPU-only: on CPU it is slower, not faster).
+        logger
+            ``None`` (epoch metrics in ``model.history``), ``"wandb"`` (also Weights & Biases,
+            with a UMAP of validation-cell embeddings at each validation), ``"tensorboard"``,
+            ``"csv"``, or any Lightning logger. ``model.history`` is kept in every case.
+        seed
+            Seed of the validation split and of the pairing.
+        plan_kwargs
+            Extra keyword arguments of :class:`~pertx_scvi.train.PertTXTrainingPlan`.
+        **trainer_kwargs
+            Passed to :class:`scvi.train.Trainer` (and Lightning's Trainer).
+
+        Notes
+        -----
+        The data come from :meth:`_make_datamodule` (the split, the control pairing and the
+        paired batches, as a :class:`~pertx_scvi.data.PerturbationDataSplitter`); scripts that
+        need training batches without training call it too.
+
+        Every input is checked before the model changes: too few cells or control cells, no
+        perturbed cells to learn from, or ``max_epochs < 1`` are a ``ValueError``.
+
+        A held-out label holds out its gene set, under every spelling (``"A+B"`` holds out
+        ``"B+A"`` cells too).
+
+        Ctrl-C (``KeyboardInterrupt``), or SIGTERM under the ``pertx`` command, stops training
+        at once and raises :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) saying how
+        many epochs finished. The model keeps the weights, ``history`` and cell split reached
+        so far, with ``is_trained_ = False`` (so :meth:`evaluate` refuses and predictions warn);
+        set ``model.is_trained_ = True`` to use it as it is, or call ``train`` again.
+        """
+        if max_epochs is None or int(max_epochs) < 1:
+            raise ValueError(f"max_epochs must be at least 1, got {max_epochs}")
+        datamodule = self._make_datamodule(
+            holdout_perturbations, validation_size, batch_size, control_cells, seed
+        )
+        plan = self._training_plan_cls(
+            self.module,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            lr_schedule=lr_schedule,
+            warmup_fraction=warmup_fraction,
+            **(plan_kwargs or {}),
+        )
+        if datamodule.n_val:
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        if early_stopping:
+            if not datamodule.n_val:
+                raise ValueError("early_stopping needs a validation set: set validation_size > 0")
+            trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
+            trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
+        trainer_kwargs["precision"] = resolve_precision(precision, accelerator)
+        loggers, callbacks = make_loggers(logger, self, datamodule.val_idx)
+        trainer_kwargs["logger"] = loggers
+        trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *callbacks]
+        runner = self._train_runner_cls(
+            self,
+            training_plan=plan,
+            data_splitter=datamodule,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping,
+            gradient_clip_val=gradient_clip_val,
+            **trainer_kwargs,
+        )
+        # Checks done: from here on the model changes.
+        trained_genes = torch.from_numpy(datamodule.trained_gene_positions())
+        self.module.perturbation_encoder.trained_genes[trained_genes] = True
+        known = {self._parse(p) for p in self.holdout_perturbations_}
+        new = [p for p in datamodule.holdout_perturbations if self._parse(p) not in known]
+        self.holdout_perturbations_ = sorted([*self.holdout_perturbations_, *new])
+
+        main_thread = threading.current_thread() is threading.main_thread()
+        sigint = signal.getsignal(signal.SIGINT) if main_thread else None
+        try:
+            return runner()
+        except (KeyboardInterrupt, SystemExit) as error:
+            cause = _interruption(error, runner.trainer)
+            if cause is None:
+                raise
+            if sigint is not None:  # Lightning ignores Ctrl-C once it has caught one
+                signal.signal(signal.SIGINT, sigint)
+            finished = int(runner.trainer.current_epoch)
+            self.train_indices = datamodule.train_idx
+            self.validation_indices = datamodule.val_idx
+            self.test_indices = datamodule.test_idx
+            self.is_trained_ = False
+            self.module.eval()
+            raise TrainingInterrupted(
+                f"training interrupted ({cause}) after {finished} of {max_epochs} epochs: the "
+                "model keeps the weights, history and cell split reached so far, with "
+                "is_trained_ = False (set model.is_trained_ = True to use it as it is, or "
+                "call train() again)",
+                finished,
+                int(max_epochs),
+            ) from error
+
+    def _make_datamodule(
+        self,
+        holdout_perturbations: Sequence[str] | None = None,
+        validation_size: float = 0.1,
+        batch_size: int = 64,
+        control_cells: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> PerturbationDataSplitter:
+        """The data of :meth:`train`: split, control pairing and paired batches, checked.
+
+        A :class:`~pertx_scvi.data.PerturbationDataSplitter` (scvi-tools' ``DataSplitter``
+        seam) of the registered AnnData: held-out labels (every spelling of their gene set)
+        in ``test_idx``, a random ``validation_size`` share of the others in ``val_idx``, each
+        target cell paired with control cells of its context. The model is not changed. Its
+        ``train_dataloader()`` yields the batches ``train`` trains on (arguments as in
+        :meth:`train`), e.g. to time training steps outside Lightning.
+        """
+        labels = self._label_categories()
+        holdout = list(dict.fromkeys(str(p) for p in (holdout_perturbations or [])))
+        holdout_code = dict(zip(holdout, self._label_codes(holdout), strict=True))
+        unknown = [p for p in holdout if holdout_code[p] < 0]
+        if unknown:
+            raise ValueError(
+                f"holdout_perturbations {unknown} not found in the perturbation column "
+                f"(labels include {labels[:10]})"
+            )
+        control_codes = self._control_codes()
+        held_controls = [p for p in holdout if holdout_code[p] in control_codes]
+        if held_controls:
+            raise ValueError(f"the control label {held_controls} cannot be held out")
+
+        cells = self._cell_arrays(self.adata, with_labels=True)
+        is_control = np.isin(cells.label_codes, control_codes)
+        excluded = np.zeros(self.adata.n_obs, dtype=bool)
+        if control_cells is not None:
+            allowed = np.zeros(self.adata.n_obs, dtype=bool)
+            allowed[np.asarray(control_cells)] = True
+            excluded = is_control & ~allowed
+        label_codes = np.where(excluded, -1, cells.label_codes)
+        holdout_codes = np.array([holdout_code[p] for p in holdout] + [-1])
+        train_idx, val_idx, test_idx = split_cells(
+            label_codes, holdout_codes, validation_size, seed
+        )
+        sources = np.flatnonzero(is_control & ~excluded)
+        self._check_training_cells(
+            is_control, sources, train_idx, val_idx, holdout, control_cells, validation_size
+        )
+        sampler = ControlSampler(sources, cells.context, self._context_names())
+        return self._data_splitter_cls(
+            self.adata_manager,
+            cells,
+            train_idx,
+            val_idx,
+            test_idx,
+            sampler,
+            batch_size=batch_size,
+            seed=seed,
+            holdout_perturbations=holdout,
+        )
+
+    def _check_training_cells(
+        self,
+        is_control: np.ndarray,
+        sources: np.ndarray,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        holdout: list[str],
+        control_cells,
+        validation_size: float,
+    ) -> None:
+        """Clear errors for data that cannot train a model (before anything changes)."""
+        setup = self._setup_args
+        where = f"adata.obs[{setup['perturbation_key']!r}]"
+        control = setup["control_group"]
+        n_cells = self.adata.n_obs
+        if n_cells < 2:
+            raise ValueError(
+                f"adata has {n_cells} cell: training needs control cells and perturbed cells"
+            )
+        if len(sources) < 2:
+            allowed = "" if control_cells is None else " allowed by control_cells="
+            raise ValueError(
+                f"training needs at least 2 control cells to pair perturbed cells with; "
+                f"{where} has {int(is_control.sum())} control cells ({control!r}), "
+                f"{len(sources)}{allowed} usable"
+            )
+        used = np.concatenate([train_idx, val_idx])
+        if not (~is_control[used]).any():
+            if (~is_control).any():
+                reason = f"all are held out (holdout_perturbations={holdout})"
+            else:
+                reason = f"every cell is a control ({control!r})"
+            raise ValueError(
+                f"no perturbed cells to train on in {where}: {reason}; PertTX learns "
+                "perturbation effects from perturbed cells"
+            )
+        if not len(train_idx):
+            raise ValueError(
+                f"no cells left to train on: validation_size={validation_size} takes all "
+                f"{len(used)} cells; lower validation_size"
+            )
