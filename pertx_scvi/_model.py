@@ -7,6 +7,7 @@ training (``_training.py``), outputs and evaluation (``_outputs.py``), model fil
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
@@ -152,11 +153,15 @@ class PertTX(ModelFilesMixin, SetupMixin, TrainingMixin, PredictionMixin, BaseMo
     graph_kwargs
         Further arguments of the graph encoder (e.g. ``n_bases``, ``n_link_samples``; see
         :class:`~pertx_scvi.module.GraphPerturbationEncoder`).
+    effect_table
+        A learned effect vector per gene that labels name, added to the decoder's output
+        (:class:`~pertx_scvi.module.EffectRetrieval`): the direct per-gene path the additive
+        and train-mean baselines have.
     effect_retrieval
-        With a gene graph: add :class:`~pertx_scvi.module.EffectRetrieval`, a learned effect
-        per trained gene that a gene never trained borrows from its graph neighbours (weights
-        of the graphs and shrinkage fitted by leaving trained genes out in training; the
-        graph-neighbour baseline on the model's own effects).
+        With a gene graph (and ``effect_table``): a gene never trained borrows the effects of
+        its trained graph neighbours (weights of the graphs and shrinkage fitted by leaving
+        trained genes out in training; the graph-neighbour baseline on the model's own
+        effects).
 
     Notes
     -----
@@ -214,6 +219,7 @@ class PertTX(ModelFilesMixin, SetupMixin, TrainingMixin, PredictionMixin, BaseMo
         graph_max_neighbours: int | None = 32,
         graph_self_dropout: float = 0.5,
         graph_kwargs: dict | None = None,
+        effect_table: bool = True,
         effect_retrieval: bool = True,
     ):
         super().__init__(adata)
@@ -298,6 +304,7 @@ class PertTX(ModelFilesMixin, SetupMixin, TrainingMixin, PredictionMixin, BaseMo
             contrastive_labels=contrastive_labels,
             contrastive_temperature=contrastive_temperature,
             triplet_margin=triplet_margin,
+            effect_genes=self._effect_genes() if effect_table else None,
             retrieval_graphs=(
                 self.graph_setup_.graphs if effect_retrieval and self.graph_setup_ else None
             ),
@@ -314,6 +321,11 @@ class PertTX(ModelFilesMixin, SetupMixin, TrainingMixin, PredictionMixin, BaseMo
         # The attention kernel is not part of a checkpoint (the weights do not depend on it): a
         # model saved on a GPU with flash-attn loads on a CPU with the best kernel there.
         self.init_params_["non_kwargs"]["attention_backend"] = "auto"
+
+    def _effect_genes(self) -> torch.Tensor:
+        """Vocabulary positions of the genes that perturbation labels name."""
+        positions = self._label_gene_sets[self._label_gene_sets >= 0]
+        return torch.from_numpy(np.unique(positions).astype(np.int64))
 
     def set_attention_backend(self, backend: str) -> None:
         """Switch the attention kernel (``"auto"``, ``"sdpa"``, ``"native"``, ``"flash"``).

@@ -487,15 +487,17 @@ def test_effect_retrieval_is_a_shrunk_neighbour_average_of_trained_effects():
     view = GraphTensors(edge_index, torch.zeros(4, dtype=torch.long), torch.ones(4), ["r"])
     encoder = GeneEmbeddingPerturbationEncoder(5, 8)
     encoder.trained_genes[torch.tensor([1, 2, 4])] = True
-    retrieval = EffectRetrieval(5, 3, [view], encoder, leave_out=0.0)
+    label_genes = torch.tensor([0, 1, 2, 4])  # gene 3 is named by no label (graph only)
+    retrieval = EffectRetrieval(5, 3, label_genes, [view], encoder, leave_out=0.0)
+    assert retrieval.effects.shape == (4, 3)
     with torch.no_grad():
-        retrieval.effects.copy_(torch.arange(15.0).reshape(5, 3))
+        retrieval.effects.copy_(torch.arange(12.0).reshape(4, 3))
     lam = retrieval.shrinkage[0]
     retrieval.eval()
     out = retrieval(torch.tensor([[0, -1], [1, -1], [0, 3], [-1, -1]]))
-    d = retrieval.effects.detach()
+    d = retrieval.effects.detach()  # rows: genes 0, 1, 2, 4
     expected_0 = (d[1] + d[2]) / (2 + lam)  # both neighbours trained
-    expected_3 = d[4] / (1 + lam)
+    expected_3 = d[3] / (1 + lam)  # gene 3 borrows from gene 4
     torch.testing.assert_close(out[0], expected_0)
     torch.testing.assert_close(out[1], d[1])  # trained: its own effect
     torch.testing.assert_close(out[2], expected_0 + expected_3)  # members add up
@@ -510,3 +512,10 @@ def test_effect_retrieval_is_a_shrunk_neighbour_average_of_trained_effects():
     assert retrieval.shrinkage_raw.grad is not None and retrieval.shrinkage_raw.grad.abs().sum() > 0
     grad = retrieval.effects.grad
     assert grad[2].abs().sum() > 0 and grad[1].abs().sum() == 0
+    # without graphs: a lookup table; untrained genes get 0
+    table = EffectRetrieval(5, 3, label_genes, [], encoder, leave_out=0.5).train()
+    assert table.leave_out == 0.0
+    with torch.no_grad():
+        table.effects.copy_(torch.arange(12.0).reshape(4, 3))
+    out = table(torch.tensor([[1, 0]]))
+    torch.testing.assert_close(out[0], table.effects.detach()[1])

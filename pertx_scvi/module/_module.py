@@ -120,9 +120,12 @@ class PertTXModule(BaseModuleClass):
         Batch-hard triplet term on target cell embeddings and its margin.
     contrastive_labels
         Labels of the contrastive and triplet terms: ``"perturbation"`` codes or ``"cell_type"``.
+    effect_genes
+        Vocabulary positions of the genes labels name: each gets a direct effect vector
+        (:class:`EffectRetrieval`); ``None``: no such term.
     retrieval_graphs, retrieval_leave_out
-        Prior graph views over the perturbation genes for :class:`EffectRetrieval` (``None``:
-        no retrieval term) and its leave-out probability.
+        Prior graph views over the perturbation genes through which untrained genes borrow
+        effects (``None``: none) and the leave-out probability.
 
     Notes
     -----
@@ -166,6 +169,7 @@ class PertTXModule(BaseModuleClass):
         contrastive_labels: ContrastiveLabels = "perturbation",
         contrastive_temperature: float = 0.1,
         triplet_margin: float = 0.2,
+        effect_genes: torch.Tensor | None = None,
         retrieval_graphs: list[GraphTensors] | None = None,
         retrieval_leave_out: float = 0.5,
     ):
@@ -227,11 +231,12 @@ class PertTXModule(BaseModuleClass):
         )
         self.decoder = NextCellDecoder(d_model, n_genes, d_hidden, self_gene_index, dropout)
         self.retrieval = None
-        if retrieval_graphs:
+        if effect_genes is not None:
             self.retrieval = EffectRetrieval(
                 n_perturbation_genes,
                 n_genes,
-                retrieval_graphs,
+                effect_genes,
+                retrieval_graphs or [],
                 self.perturbation_encoder,
                 retrieval_leave_out,
             )

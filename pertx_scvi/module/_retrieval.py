@@ -10,19 +10,22 @@ from ._graph_encoder import GraphTensors
 
 
 class EffectRetrieval(nn.Module):
-    """Per-gene effects in the decoder's output space, retrieved for genes never trained.
+    """Per-gene effects in the decoder's output space: looked up for trained genes, retrieved
+    from similar trained genes for the others.
 
-    Every trained perturbation gene ``v`` has a learned effect vector ``D_v`` (one value per
-    measured gene, zero at the start). A gene ``g`` that was not trained gets
+    Every gene that perturbation labels name (``label_genes``) has a learned effect vector
+    ``D_v`` (one value per measured gene, zero at the start): a direct, per-gene path to the
+    perturbed profile that the additive and train-mean baselines have and a deep decoder
+    learns only slowly. With prior graphs, a gene ``g`` that was not trained gets
 
     ``R_g = Σ_s π_s · Σ_v w_s(g, v) D_v / (Σ_v w_s(g, v) + λ_s)``
 
-    over the trained genes ``v ≠ g`` adjacent to ``g`` in each prior graph ``s`` (edges used in
-    both directions, each view's weights scaled to a median of 1), with learned source weights
+    over the trained genes ``v ≠ g`` adjacent to ``g`` in each graph ``s`` (edges used in both
+    directions, each view's weights scaled to a median of 1), with learned view weights
     ``π = softmax(α)`` and shrinkage ``λ_s = softplus(β_s)``: where a gene has little similar
     evidence its retrieved effect shrinks towards 0, i.e. towards the decoder's shared
-    (train-mean) effect. It is the graph-neighbour baseline, computed on the model's own
-    effects, with its sharpness fitted by the data.
+    (train-mean) effect. It is the graph-neighbour baseline computed on the model's own
+    effects, with its sharpness fitted by the data. Without graphs an untrained gene gets 0.
 
     The retrieval is trained the way it is used: in training, each trained gene of a batch is
     taken, with probability ``leave_out``, as if it had never been perturbed (its ``R_g``
@@ -35,34 +38,40 @@ class EffectRetrieval(nn.Module):
     Parameters
     ----------
     n_vocabulary
-        Perturbation genes (rows of ``D``).
+        Perturbation genes (the encoder's vocabulary).
     n_genes
         Measured genes (columns of ``D``; the decoder's output size).
+    label_genes
+        Vocabulary positions of the genes perturbation labels name (rows of ``D``).
     graphs
-        Prior graph views over the vocabulary (:class:`GraphTensors`).
+        Prior graph views over the vocabulary (:class:`GraphTensors`); may be empty.
     encoder
         The perturbation encoder, whose ``trained_genes`` buffer says which genes were
         trained (set by ``PertTX.train``); referenced, not owned.
     leave_out
-        Probability of a trained gene being retrieved instead of looked up in training.
+        Probability of a trained gene being retrieved instead of looked up in training (only
+        with graphs).
     """
 
     def __init__(
         self,
         n_vocabulary: int,
         n_genes: int,
+        label_genes: torch.Tensor,
         graphs: list[GraphTensors],
         encoder: nn.Module,
         leave_out: float = 0.5,
     ):
         super().__init__()
-        if not graphs:
-            raise ValueError("EffectRetrieval needs at least one graph view")
         if not 0.0 <= leave_out < 1.0:
             raise ValueError(f"leave_out must be in [0, 1), got {leave_out}")
-        self.leave_out = leave_out
+        self.leave_out = leave_out if graphs else 0.0
         self.n_vocabulary = n_vocabulary
-        self.effects = nn.Parameter(torch.zeros(n_vocabulary, n_genes))
+        label_genes = torch.as_tensor(label_genes, dtype=torch.long).unique()
+        self.effects = nn.Parameter(torch.zeros(len(label_genes), n_genes))
+        row_of = torch.full((n_vocabulary,), -1, dtype=torch.long)
+        row_of[label_genes] = torch.arange(len(label_genes))
+        self.register_buffer("row_of", row_of, persistent=False)
         self.source_logits = nn.Parameter(torch.zeros(len(graphs)))
         self.shrinkage_raw = nn.Parameter(torch.zeros(len(graphs)))
         self.view_names = [g.name for g in graphs]
@@ -76,7 +85,8 @@ class EffectRetrieval(nn.Module):
 
     @property
     def trained_genes(self) -> torch.Tensor:
-        return self._encoder.trained_genes
+        """Genes with a trained effect of their own (perturbed in training, named by labels)."""
+        return self._encoder.trained_genes & (self.row_of >= 0)
 
     def _neighbours(self, i: int, genes: torch.Tensor):
         """Edges (row position in ``genes``, neighbour, weight) of ``genes`` in view ``i``."""
@@ -110,7 +120,8 @@ class EffectRetrieval(nn.Module):
             row, col, weight = self._neighbours(i, genes)
             weight = weight * trained[col] * (col != genes[row])
             mass = torch.zeros(len(genes), device=table.device).index_add_(0, row, weight)
-            summed = torch.zeros_like(out).index_add_(0, row, weight[:, None] * table[col])
+            rows = table[self.row_of[col].clamp(min=0)]
+            summed = torch.zeros_like(out).index_add_(0, row, weight[:, None] * rows)
             out = out + pi * summed / (mass + lam)[:, None]
         return out
 
@@ -125,9 +136,10 @@ class EffectRetrieval(nn.Module):
         if self.training and self.leave_out > 0:
             kept = torch.rand(len(genes), device=genes.device) >= self.leave_out
             looked_up = looked_up & kept
-        per_gene = torch.where(looked_up[:, None], self.effects[genes], 0.0)
+        own = self.effects[self.row_of[genes].clamp(min=0)]
+        per_gene = torch.where(looked_up[:, None], own, 0.0)
         retrieved = ~looked_up
-        if retrieved.any():
+        if retrieved.any() and self.view_names:
             per_gene = per_gene.index_put(
                 (retrieved.nonzero().squeeze(1),), self.retrieve(genes[retrieved])
             )
