@@ -415,3 +415,24 @@ def test_papalexi_train_mean_vs_control_mean(data_dir):
     overall = pm.summarize(df, n_boot=200)
     assert len(overall) == 2 * n_metrics
     assert (adata.X != X_before).nnz == 0
+
+
+def test_graph_neighbour_baselines_per_graph(screen):
+    """A dict of edge tables fits each graph-neighbour baseline once per graph."""
+    edges = {
+        "a": pd.DataFrame({"source": ["D"], "target": ["A"]}),
+        "b": pd.DataFrame({"source": ["D"], "target": ["B"]}),
+    }
+    names = ["train_mean", "graph_neighbour", "graph_neighbour_knockdown"]
+    models = pm.fit_baselines(screen, KEY, CTRL, names=names, edges=edges)
+    assert list(models) == [
+        "train_mean",
+        "graph_neighbour:a",
+        "graph_neighbour:b",
+        "graph_neighbour_knockdown:a",
+        "graph_neighbour_knockdown:b",
+    ]
+    a = models["graph_neighbour:a"].predict(["D"]).to_numpy()
+    single = pm.GraphNeighbourAverage(edges["a"]).fit(screen, KEY, CTRL).predict(["D"])
+    np.testing.assert_allclose(a, single.to_numpy())
+    assert not np.allclose(a, models["graph_neighbour:b"].predict(["D"]).to_numpy())

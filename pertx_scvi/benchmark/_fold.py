@@ -58,6 +58,7 @@ def _run_fold(
     update_epoch,
     id_table: Path | None = None,
     model_graph: Any = None,
+    baseline_edges: dict[str, pd.DataFrame] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Train and evaluate one fold: (metrics, profiles, deltas, history, info).
 
@@ -65,7 +66,8 @@ def _run_fold(
     :func:`pertx_scvi.metrics.control_masks`: PertTX trains on the fitting controls only and
     predicts from them; the observed effects use the reference ones. ``graph`` (one GeneGraph)
     serves the graph-neighbour baselines; ``model_graph`` (a GeneGraph or a list, one view
-    each; default ``graph``) is passed to PertTX as ``gene_graph=``. ``deltas`` holds the
+    each; default ``graph``) is passed to PertTX as ``gene_graph=``; ``baseline_edges`` (name ->
+    edge table) replaces ``graph`` for the graph-neighbour baselines, one of each per table. ``deltas`` holds the
     predicted Δ of every method and the observed Δ (rows ``"<method>|<label>"``), from which
     the benchmark ranks all folds' perturbations together.
     """
@@ -127,7 +129,7 @@ def _run_fold(
         reference_controls=reference,
         train_mask=train_cells,
         baselines=list(settings["baselines"]),
-        edges=None if graph is None else graph.edges,
+        edges=baseline_edges if baseline_edges is not None else getattr(graph, "edges", None),
         gene_embedding=gene_embedding,
         layer=data.layer,
         n_top_de=settings["n_top_de"],

@@ -293,6 +293,14 @@ def benchmark(
             except FileNotFoundError:
                 id_table = None
 
+        # Graph-neighbour baselines over the union and, with several graphs, over each graph
+        # alone (named "<baseline>:<graph>"): every prior source PertTX uses has its own bar.
+        baseline_edges = None
+        if gene_graph is not None and len(graph_parts) > 1:
+            baseline_edges = {"all": gene_graph.edges}
+            baseline_edges.update(
+                {str(n): g.edges for n, g in zip(graph_names, graph_parts, strict=True)}
+            )
         controls = metrics.control_masks(
             adata, key, control, split=settings["split_control"], seed=settings["seed"]
         )
@@ -309,6 +317,7 @@ def benchmark(
             "graph_edges": None if gene_graph is None else int(gene_graph.n_edges),
             "linear_embedding": embedding_name,
             "model_gene_graph": gene_graph is not None,
+            "baseline_graphs": None if baseline_edges is None else sorted(baseline_edges),
             **settings,
         }
         digest = _config_hash(config)
@@ -385,6 +394,7 @@ def benchmark(
                         update_epoch,
                         id_table,
                         model_graph,
+                        baseline_edges,
                     )
                     if shuffled_model_graph is not None:
                         bars.reset(epoch_task, total=settings["epochs"])

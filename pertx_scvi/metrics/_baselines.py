@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import anndata as ad
@@ -617,7 +617,7 @@ def fit_baselines(
     control_group: str,
     *,
     names: Sequence[str] = BASELINE_NAMES,
-    edges: pd.DataFrame | None = None,
+    edges: pd.DataFrame | Mapping[str, pd.DataFrame] | None = None,
     gene_embedding: pd.DataFrame | None = None,
     layer: str | None = None,
     separator: str = DEFAULT_SEPARATOR,
@@ -637,8 +637,11 @@ def fit_baselines(
         (:class:`KnockdownPrior`; :data:`BASELINE_NAMES` has ``train_mean_knockdown`` and
         ``graph_neighbour_knockdown``).
     edges
-        Gene graph for ``graph_neighbour`` (columns ``source``, ``target``, optional weight).
-        Without it ``graph_neighbour`` is skipped with a warning.
+        Gene graph for ``graph_neighbour`` (columns ``source``, ``target``, optional weight),
+        or a dict name -> such a table: then every graph-neighbour baseline is fitted once per
+        graph and named ``<baseline>:<name>`` (e.g. ``graph_neighbour_knockdown:string``), so
+        that each prior source a model uses has its own graph-neighbour bar. Without edges the
+        graph-neighbour baselines are skipped with a warning.
     gene_embedding
         Gene table for ``linear`` (e.g. :func:`go_gene_embedding`). Without it ``linear`` uses
         the PCA gene loadings of the training data (only measured target genes are embedded;
@@ -660,22 +663,29 @@ def fit_baselines(
     )
     kw = {"separator": separator, "control_tokens": control_tokens}
     out: dict[str, Baseline] = {}
+    graphs = edges if isinstance(edges, Mapping) else {"": edges} if edges is not None else {}
     for name in names:
         base_name = name.removesuffix(KNOCKDOWN_SUFFIX)
         if base_name == "graph_neighbour":
-            if edges is None:
+            if not graphs:
                 warnings.warn(
                     f"fit_baselines: skipping {name!r} because no edges were given "
                     "(pass edges=DataFrame with columns source, target[, weight])",
                     UserWarning,
                     stacklevel=2,
                 )
-                continue
-            model: Baseline = GraphNeighbourAverage(edges, **kw)
-        elif base_name == "linear":
-            model = Linear(gene_embedding=gene_embedding, **kw)
-        else:
-            model = BASELINES[base_name](**kw)
+            for graph_name, table in graphs.items():
+                model: Baseline = GraphNeighbourAverage(table, **kw)
+                if name != base_name:
+                    model = KnockdownPrior(model)
+                key = f"{name}:{graph_name}" if graph_name else name
+                out[key] = model.fit_profiles(prof)
+            continue
+        model = (
+            Linear(gene_embedding=gene_embedding, **kw)
+            if base_name == "linear"
+            else BASELINES[base_name](**kw)
+        )
         if name != base_name:
             model = KnockdownPrior(model)
         out[name] = model.fit_profiles(prof)
