@@ -14,7 +14,12 @@ from anndata import AnnData
 from scvi.model.base import BaseModelClass
 
 from . import _validation as check
-from ._graph_setup import build_graph_setup, make_perturbation_encoder, resolve_encoder_kind
+from ._graph_setup import (
+    build_graph_setup,
+    load_graphs,
+    make_perturbation_encoder,
+    resolve_encoder_kind,
+)
 from ._labels import gene_set_matrix
 from ._model_files import ModelFilesMixin
 from ._outputs import PredictionMixin
@@ -244,6 +249,11 @@ class PertTX(ModelFilesMixin, SetupMixin, TrainingMixin, PredictionMixin, BaseMo
         if encoder_kind == "label":
             vocabulary = pd.Index(label_genes, name="gene")
         else:
+            # Graph files are read once, here: the model keeps the graphs themselves (they
+            # travel with it on save), not paths that may move.
+            if gene_graph is not None:
+                graphs = load_graphs(gene_graph, id_table)
+                gene_graph = graphs if isinstance(gene_graph, list | tuple) else graphs[0]
             # Vocabulary: label genes, graph genes and table genes (data names where they differ).
             self.graph_setup_ = build_graph_setup(
                 label_genes,

@@ -122,7 +122,8 @@ def test_genes_in_another_order_are_matched_by_name(trained):
 
 
 def test_graph_file_travels_with_the_model(screen, tmp_path, tiny_model, train_model):
-    """Built from a graph file and an id table (one gene renamed): loads once the file is gone.
+    """Built from a graph file and an id table (one gene renamed): saves and loads once the file
+    is gone.
 
     REG01 is held out (never trained): it and GENE001 are embedded through the graph only.
     """
@@ -138,8 +139,8 @@ def test_graph_file_travels_with_the_model(screen, tmp_path, tiny_model, train_m
     assert model.graph_setup_.renamed == {"REG01": "REG01_NEW"}
     labels = ["REG01", "REG01+REG02", "GENE001"]
     before = _predict(model, _controls(adata), labels)
-    model.save(tmp_path / "graph_model")
     graph_file.rename(tmp_path / "moved.csv.gz")
+    model.save(tmp_path / "graph_model")  # the model holds the graph, not its path
     loaded = px.PertTX.load(tmp_path / "graph_model", adata)
     np.testing.assert_array_equal(_predict(loaded, _controls(adata), labels).X, before.X)
     assert loaded.graph_setup_.renamed == {"REG01": "REG01_NEW"}
