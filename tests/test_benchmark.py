@@ -328,7 +328,7 @@ def test_shuffled_graph_control_trains_a_second_model_per_fold(tiny, tmp_path, m
     original = run_module._run_fold
 
     def spy(*args, **kwargs):
-        given.append(args[-1])
+        given.append(args[9])  # model_graph
         return original(*args, **kwargs)
 
     monkeypatch.setattr(run_module, "_run_fold", spy)
