@@ -160,24 +160,39 @@ def test_predicted_cell_keeps_its_cell_type(trained):
     assert "predicted_phenotype" in pred.obs and np.isfinite(pred.obs["predicted_phenotype"]).all()
 
 
+def _phenotype_pearsons(model, adata) -> tuple[float, float]:
+    """Pearson with obs["phenotype_noiseless"] on unseen cells: PertTX's head and ridge."""
+    unseen = adata[_unseen_cells(model)]
+    predicted = model.predict_phenotype(unseen)["phenotype"].to_numpy()
+    truth = unseen.obs["phenotype_noiseless"]
+    _, ridge = _trivial_fits(model, adata)
+    pearson, ridge_pearson = np.corrcoef(predicted, truth)[0, 1], np.corrcoef(ridge, truth)[0, 1]
+    print(f"phenotype Pearson: PertTX {pearson:.3f}, ridge {ridge_pearson:.3f}")
+    return pearson, ridge_pearson
+
+
 @pytest.mark.slow
 def test_phenotype_head_against_ridge_regression(trained):
     """Pearson of predict_phenotype with obs["phenotype_noiseless"] on unseen cells, against
     ridge regression on log-normalised expression fitted on the same training cells.
 
     The model was trained on the noisy obs["phenotype"]; the noiseless score is what the cells'
-    expression determines. Bar: at most 0.01 below ridge (at HEAD of 2026-11-30 the two were
-    tied, 0.889 vs 0.890, and the bar of margin 0 failed whatever the test order).
+    expression determines. Bar: at most 0.01 below ridge. Ridge itself passes this bar: the
+    head ties ridge, it is not ahead of it (next test).
     """
-    model, adata = trained
-    unseen = adata[_unseen_cells(model)]
-    predicted = model.predict_phenotype(unseen)["phenotype"].to_numpy()
-    truth = unseen.obs["phenotype_noiseless"]
-    pearson = np.corrcoef(predicted, truth)[0, 1]
-    _, ridge = _trivial_fits(model, adata)
-    ridge_pearson = np.corrcoef(ridge, truth)[0, 1]
-    print(f"phenotype Pearson: PertTX {pearson:.3f}, ridge {ridge_pearson:.3f}")
+    pearson, ridge_pearson = _phenotype_pearsons(*trained)
     assert pearson >= ridge_pearson - 0.01, (pearson, ridge_pearson)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,  # a 0.007 gap: other thread counts may round either way
+    reason="measured 2026-11-30: PertTX's phenotype head 0.883-0.889 against ridge on "
+    "log-normalised expression 0.890 (Pearson with the noiseless score, unseen cells)",
+)
+def test_phenotype_head_ahead_of_ridge_regression(trained):
+    pearson, ridge_pearson = _phenotype_pearsons(*trained)
+    assert pearson > ridge_pearson
 
 
 def test_predict_phenotype_shapes(trained_briefly):
