@@ -185,7 +185,11 @@ def test_checkpoint_loads_under_another_attention_backend(trained, tmp_path):
     loaded.set_attention_backend("native")
     assert loaded.module.encoder.backend == "native"
     after = loaded.predict_perturbation(ctrl, ["REG08", "REG02+REG04"], seed=3)
-    np.testing.assert_allclose(after.X, before.X, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(after.layers["mean"], before.layers["mean"], rtol=1e-4, atol=1e-4)
+    # X is a Monte Carlo mean over 16 count draws: a rounding difference between the kernels
+    # can flip one draw (one cell and gene moved by about 1e-3 in a run on 2026-11-30).
+    np.testing.assert_allclose(after.X, before.X, rtol=0, atol=0.05)
+    assert np.abs(after.X - before.X).mean() < 1e-4
     np.testing.assert_allclose(
         loaded.get_latent_representation(ctrl),
         model.get_latent_representation(ctrl),
