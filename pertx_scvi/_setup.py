@@ -168,8 +168,12 @@ class SetupMixin:
         state = self.adata_manager.get_state_registry(registry_key)
         key = state.original_key
         mapping = pd.Index(np.asarray(state.categorical_mapping).astype(str))
-        if registry_key != REGISTRY_KEYS.PERTURBATION_KEY and key.startswith("_scvi"):
-            return np.zeros(adata.n_obs, dtype=np.int64)
+        user_key = {
+            REGISTRY_KEYS.CELL_TYPE_KEY: "cell_type_key",
+            REGISTRY_KEYS.BATCH_KEY: "batch_key",
+        }.get(registry_key)
+        if user_key is not None and self._setup_args[user_key] is None:
+            return np.zeros(adata.n_obs, dtype=np.int64)  # not registered: one category
         if key not in adata.obs.columns:
             if required:
                 raise KeyError(f"column {key!r} (used at setup) not found in adata.obs")
