@@ -18,13 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import pertx_scvi as px
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_graph_encoder import EPOCHS, SIM, SMALL_MODEL  # noqa: E402
+from test_graph_encoder import EPOCHS, SMALL_MODEL, unseen_screen  # noqa: E402
 
 BASELINES = ("train_mean", "train_mean_knockdown", "graph_neighbour", "graph_neighbour_knockdown")
 METRICS = ["pearson_delta", "pearson_delta_top20", "mse_top20"]
@@ -39,16 +38,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     variant = json.loads(args.model)
 
-    adata, truth, network = px.datasets.simulate(**{**SIM, "seed": args.seed})
-    network = network.assign(strength=network["weight"].abs())
-    graph = px.GeneGraph.from_edges(network, weight="strength", sign="weight")
-    px.PertTX.setup_anndata(adata, perturbation_key="perturbation", control_group="control")
-    labels = list(truth.index)
-    combos = [label for label in labels if "+" in label]
-    in_combos = {g for c in combos for g in c.split("+")}
-    singles = [label for label in labels if "+" not in label and label not in in_combos]
-    held = sorted(np.random.default_rng(0).choice(singles, 4, replace=False).tolist())
-
+    adata, graph, held, combos = unseen_screen(args.seed)
     torch.manual_seed(0)
     started = time.perf_counter()
     model = px.PertTX(
@@ -56,7 +46,7 @@ def main() -> None:
     )
     model.train(
         max_epochs=EPOCHS,
-        holdout_perturbations=held + combos[:2],
+        holdout_perturbations=held + combos,
         lr=3e-3,
         seed=0,
         enable_progress_bar=False,

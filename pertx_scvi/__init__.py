@@ -12,11 +12,18 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _SUBMODULES = ("benchmark", "datasets", "graphs", "metrics", "pl")
-_ATTRIBUTES = {"PertTX": "._model", "GeneGraph": ".graphs"}
+_ATTRIBUTES = {
+    "PertTX": "._model",
+    "GeneGraph": ".graphs",
+    "TrainingInterrupted": "._training",
+    "ModelFileError": "._model_files",
+}
 
 __all__ = [
     "GeneGraph",
+    "ModelFileError",
     "PertTX",
+    "TrainingInterrupted",
     "benchmark",
     "datasets",
     "graphs",
@@ -28,6 +35,8 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from . import benchmark, datasets, graphs, metrics, pl
     from ._model import PertTX
+    from ._model_files import ModelFileError
+    from ._training import TrainingInterrupted
     from .graphs import GeneGraph
 
 

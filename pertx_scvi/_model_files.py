@@ -37,6 +37,7 @@ import torch
 from anndata import AnnData, read_h5ad
 
 from ._graph_setup import load_gene_table, load_graphs
+from ._validation import align_genes
 from .graphs import GeneGraph, load_id_table
 
 logger = logging.getLogger(__name__)
@@ -481,19 +482,9 @@ def _unregistered(adata: AnnData) -> AnnData:
 
 def _aligned_adata(adata: AnnData, var_names: list[str]) -> AnnData:
     """``adata`` with the training genes in training order, matched by name (a copy if moved)."""
-    names, saved = pd.Index(adata.var_names.astype(str)), pd.Index(var_names)
-    if names.equals(saved):
+    positions = align_genes(adata, var_names)
+    if positions is None:
         return adata
-    if names.has_duplicates:
-        repeated = names[names.duplicated()].unique()[:5].tolist()
-        raise ValueError(f"adata.var_names has repeated genes {repeated}; make them unique")
-    positions = names.get_indexer(saved)
-    missing = saved[positions < 0]
-    if len(missing):
-        raise ValueError(
-            f"adata lacks {len(missing)} of the {len(saved)} genes the model was trained on, e.g. "
-            f"{missing[:5].tolist()} (genes are matched by adata.var_names)"
-        )
     logger.info("adata's genes put in the training order (a reordered copy of adata is used)")
     return _unregistered(adata[:, positions].copy())
 

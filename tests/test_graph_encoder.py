@@ -300,9 +300,10 @@ def test_papalexi_targets_resolve_in_go_and_omnipath(data_dir):
 
 
 # ---- the model -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def simulated():
-    adata, truth, network = px.datasets.simulate(**SIM)
+def unseen_screen(seed: int = 0):
+    """The simulated screen (registered), its true network as a graph, the 4 held-out single
+    regulators (in no combination) and 2 held-out combinations."""
+    adata, truth, network = px.datasets.simulate(**{**SIM, "seed": seed})
     network = network.assign(strength=network["weight"].abs())
     graph = px.GeneGraph.from_edges(network, weight="strength", sign="weight")
     px.PertTX.setup_anndata(adata, perturbation_key="perturbation", control_group="control")
@@ -312,6 +313,11 @@ def simulated():
     singles = [label for label in labels if "+" not in label and label not in in_combos]
     held = sorted(np.random.default_rng(0).choice(singles, 4, replace=False).tolist())
     return adata, graph, held, combos[:2]
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    return unseen_screen()
 
 
 def _trained_pair(held):

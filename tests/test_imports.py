@@ -89,3 +89,10 @@ def test_module_does_not_import_anndata_scanpy_or_pandas():
                 names = [node.module or ""]
             for name in names:
                 assert name.split(".")[0] not in {"anndata", "scanpy", "pandas"}, (path, name)
+
+
+def test_public_names_resolve():
+    for name in pertx_scvi.__all__:
+        assert getattr(pertx_scvi, name) is not None, name
+    assert issubclass(pertx_scvi.ModelFileError, ValueError)
+    assert issubclass(pertx_scvi.TrainingInterrupted, KeyboardInterrupt)

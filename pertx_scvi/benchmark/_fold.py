@@ -170,45 +170,38 @@ def _run_fold(
     return result, profiles, delta_table, history, info
 
 
-def pool_discrimination(result: pd.DataFrame, deltas: pd.DataFrame, separator: str) -> pd.DataFrame:
+def pool_discrimination(
+    result: pd.DataFrame, deltas: pd.DataFrame, separator: str, control_group: str
+) -> pd.DataFrame:
     """Rank every held-out perturbation of the run against all of them.
 
     ``result`` and ``deltas`` are the concatenated tables of the folds (``deltas`` with a
     ``fold`` column and rows ``"<method>|<label>"``). The per-fold ``discrimination`` rows
     become ``discrimination_fold``; ``discrimination`` is recomputed per method with
-    :func:`pertx_scvi.metrics.discrimination_score` over all folds' perturbations (observed Δ
+    :func:`pertx_scvi.metrics.pooled_discrimination` over all folds' perturbations (observed Δ
     of each perturbation against its own fold's reference controls).
     """
-    per_fold = result["metric"] == "discrimination"
     out = result.copy()
-    out.loc[per_fold, "metric"] = "discrimination_fold"
+    out.loc[out["metric"] == "discrimination", "metric"] = "discrimination_fold"
     template = out[out["metric"] == "discrimination_fold"]
-    method_of = deltas["row"].str.split("|", n=1).str[0]
-    label_of = deltas["row"].str.split("|", n=1).str[1]
-    genes = pd.Index([c for c in deltas.columns if c not in ("fold", "row")])
-    observed = deltas[method_of == "observed"]
-    key = list(zip(observed["fold"], label_of[method_of == "observed"], strict=True))
-    observed_values = observed[genes].to_numpy(dtype=np.float64)
+    method, label = (
+        deltas["row"].str.split("|", n=1).str[0],
+        deltas["row"].str.split("|", n=1).str[1],
+    )
+    keyed = deltas.drop(columns="row").set_index([deltas["fold"], label]).drop(columns="fold")
+    observed = keyed[(method == "observed").to_numpy()]
     frames = []
-    for method in pd.unique(template["method"]):
-        rows = deltas[method_of == method]
-        row_keys = zip(rows["fold"], label_of[method_of == method], strict=True)
-        lookup = {k: i for i, k in enumerate(row_keys)}
-        values = rows[genes].to_numpy(dtype=np.float64)
-        predicted = np.full(observed_values.shape, np.nan)
-        for i, k in enumerate(key):
-            if k in lookup:
-                predicted[i] = values[lookup[k]]
-        ok = np.isfinite(predicted).all(axis=1)
-        scores = np.full(len(key), np.nan)
-        if ok.sum() >= 2:
-            labels = [key[i][1] for i in np.flatnonzero(ok)]
-            exclude = metrics.target_gene_positions(labels, genes, separator)
-            scores[ok] = metrics.discrimination_score(predicted[ok], observed_values[ok], exclude)
-        pooled = template[template["method"] == method].copy()
-        value = dict(zip(key, scores, strict=True))
-        pairs = zip(pooled["fold"], pooled["perturbation"], strict=True)
-        pooled["value"] = [value.get(pair, np.nan) for pair in pairs]
+    for name in pd.unique(template["method"]):
+        predicted = keyed[(method == name).to_numpy()].reindex(observed.index)
+        scores = metrics.pooled_discrimination(
+            predicted.set_axis(observed.index.get_level_values(1)),
+            observed.set_axis(observed.index.get_level_values(1)),
+            separator,
+            control_group,
+        ).set_axis(observed.index)
+        pooled = template[template["method"] == name].copy()
+        pairs = pd.MultiIndex.from_arrays([pooled["fold"], pooled["perturbation"]])
+        pooled["value"] = scores.reindex(pairs).to_numpy()
         pooled["metric"] = "discrimination"
         frames.append(pooled)
     return pd.concat([out, *frames], ignore_index=True)

@@ -454,7 +454,7 @@ def benchmark(
             bars.update(epoch_task, visible=False)
 
         df = pd.concat(results, ignore_index=True)
-        df = pool_discrimination(df, pd.concat(delta_frames, ignore_index=True), separator)
+        df = pool_discrimination(df, pd.concat(delta_frames, ignore_index=True), separator, control)
         df.to_csv(out / "metrics.csv", index=False)
         paired = _paired(df, settings["n_top_de"], n_boot=int(n_boot), seed=settings["seed"])
         paired.to_csv(out / "paired.csv", index=False)

@@ -230,22 +230,26 @@ def pooled_discrimination(
     """:func:`~pertx_scvi.metrics.discrimination_score` over perturbations of several folds.
 
     Each held-out perturbation's predicted Δ is ranked against the observed Δ of *all*
-    perturbations given (rows of both tables, matched by label), target genes left out. Rows
-    with NaN predictions (a method that could not predict them) get NaN and are not ranked.
+    perturbations given, target genes left out. Rows are matched by label, or by position when
+    both tables have the same index (a label held out in several folds can then appear more
+    than once). Rows with NaN predictions (a method that could not predict them) get NaN and
+    are not ranked.
 
     Returns
     -------
     pandas.Series
-        Score per perturbation (index: labels of ``observed_delta``).
+        Score per perturbation (index: that of ``observed_delta``).
     """
     observed = observed_delta.astype(np.float64)
-    predicted = predicted_delta.reindex(index=observed.index, columns=observed.columns)
-    ok = np.isfinite(predicted.to_numpy()).all(axis=1)
-    scores = pd.Series(np.nan, index=observed.index, name="discrimination")
-    if ok.sum() < 2:
-        return scores
-    labels = list(observed.index[ok])
-    tokens = control_tokens_for(control_group, DEFAULT_CONTROL_TOKENS)
-    exclude = target_gene_positions(labels, pd.Index(observed.columns), separator, tokens)
-    scores[ok] = discrimination_score(predicted.to_numpy()[ok], observed.to_numpy()[ok], exclude)
-    return scores
+    predicted = predicted_delta
+    if not predicted.index.equals(observed.index):
+        predicted = predicted.reindex(index=observed.index)
+    predicted = predicted.reindex(columns=observed.columns).to_numpy(dtype=np.float64)
+    ok = np.isfinite(predicted).all(axis=1)
+    scores = np.full(len(observed), np.nan)
+    if ok.sum() >= 2:
+        labels = list(observed.index[ok])
+        tokens = control_tokens_for(control_group, DEFAULT_CONTROL_TOKENS)
+        exclude = target_gene_positions(labels, pd.Index(observed.columns), separator, tokens)
+        scores[ok] = discrimination_score(predicted[ok], observed.to_numpy()[ok], exclude)
+    return pd.Series(scores, index=observed.index, name="discrimination")
