@@ -49,10 +49,10 @@ class PredictionMixin:
         adata = self.adata if adata is None else adata
         if indices is not None:
             adata = adata[np.asarray(indices)]
-        counts = self._cell_arrays(adata, with_labels=False).counts
+        cells = self._registered_cells(adata)
         self.module.eval()
         embeddings = [
-            self.module.embed_cells(batch).cpu() for batch in cell_loader(counts, batch_size)
+            self.module.embed_cells(batch).cpu() for batch in cell_loader(cells, batch_size)
         ]
         return torch.cat(embeddings).numpy() if embeddings else np.zeros((0, 0), np.float32)
 
@@ -167,22 +167,21 @@ class PredictionMixin:
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
         gene_sets = torch.from_numpy(self._gene_sets_for(perturbations)).to(self.device)
-        counts = self._cell_arrays(adata, with_labels=False).counts
-        library = torch.from_numpy(np.asarray(counts.sum(1), dtype=np.float32))
+        cells = self._registered_cells(adata)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         # A separate stream, so that the sampled counts do not depend on n_draws.
         draw_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.module.eval()
-        n_pert, n_src, n_genes = len(perturbations), adata.n_obs, counts.shape[1]
+        n_pert, n_src, n_genes = len(perturbations), adata.n_obs, len(self._registered_var_names())
         expected = np.zeros((n_pert, n_src, n_genes), dtype=np.float32)
         mean = np.zeros((n_pert, n_src, n_genes), dtype=np.float32)
         sampled = [[[] for _ in range(n_samples)] for _ in range(n_pert)]
         heads: dict[str, list] = {}
         start = 0
-        for batch in cell_loader(counts, batch_size):
+        for batch in cell_loader(cells, batch_size):
             z = self.module.embed_cells(batch)
             stop = start + len(z)
-            lib = library[start:stop].to(self.device)
+            lib = batch.sum(1, keepdim=True).to(self.device)
             for p in range(n_pert):
                 predicted = self.module.predict(
                     z,
@@ -299,12 +298,12 @@ class PredictionMixin:
         adata = self.adata if adata is None else adata
         if adata.n_obs == 0:
             raise ValueError("adata has no cells")
-        counts = self._cell_arrays(adata, with_labels=False).counts
+        cells = self._registered_cells(adata)
         self.module.eval()
         if perturbations is None:
             scores = [
                 self.module.predict_heads(self.module.embed_cells(batch))["phenotype"].cpu()
-                for batch in cell_loader(counts, batch_size)
+                for batch in cell_loader(cells, batch_size)
             ]
             return pd.DataFrame(torch.cat(scores).numpy(), index=adata.obs_names, columns=keys)
 
@@ -315,7 +314,7 @@ class PredictionMixin:
         n_pert, n_src = len(perturbations), adata.n_obs
         scores = np.zeros((n_pert, n_src, len(keys)), dtype=np.float32)
         start = 0
-        for batch in cell_loader(counts, batch_size):
+        for batch in cell_loader(cells, batch_size):
             z = self.module.embed_cells(batch)
             stop = start + len(z)
             for p in range(n_pert):

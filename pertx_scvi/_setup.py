@@ -25,7 +25,7 @@ from ._labels import (
     is_blank_label,
     parse_perturbation,
 )
-from .data import CellArrays
+from .data import RegisteredCells
 
 
 class SetupMixin:
@@ -163,30 +163,6 @@ class SetupMixin:
     def _registered_var_names(self) -> pd.Index:
         return pd.Index(self.adata_manager.get_state_registry(REGISTRY_KEYS.X_KEY).column_names)
 
-    def _codes(self, adata: AnnData, registry_key: str, required: bool) -> np.ndarray:
-        """Registered category codes of an obs column for any AnnData (-1 for unknown labels)."""
-        state = self.adata_manager.get_state_registry(registry_key)
-        key = state.original_key
-        mapping = pd.Index(np.asarray(state.categorical_mapping).astype(str))
-        user_key = {
-            REGISTRY_KEYS.CELL_TYPE_KEY: "cell_type_key",
-            REGISTRY_KEYS.BATCH_KEY: "batch_key",
-        }.get(registry_key)
-        if user_key is not None and self._setup_args[user_key] is None:
-            return np.zeros(adata.n_obs, dtype=np.int64)  # not registered: one category
-        if key not in adata.obs.columns:
-            if required:
-                raise KeyError(f"column {key!r} (used at setup) not found in adata.obs")
-            return np.full(adata.n_obs, -1, dtype=np.int64)
-        if registry_key == REGISTRY_KEYS.PERTURBATION_KEY:
-            codes = self._label_codes(adata.obs[key])
-        else:
-            codes = mapping.get_indexer(adata.obs[key].astype(str))
-        if required and (codes < 0).any():
-            unknown = pd.unique(adata.obs[key].astype(str)[codes < 0])
-            raise ValueError(f"adata.obs[{key!r}] has labels unseen at setup: {list(unknown[:10])}")
-        return codes.astype(np.int64)
-
     def _label_codes(self, labels) -> np.ndarray:
         """Code of each label's gene set: every spelling of a gene set gets the code of its
         first category (``"B+A"`` that of ``"A+B"``); -1 for unknown or empty labels."""
@@ -204,26 +180,33 @@ class SetupMixin:
         )
         return table[categorical.codes]
 
-    def _cell_arrays(self, adata: AnnData, with_labels: bool) -> CellArrays:
-        """Counts and codes of ``adata`` in the registered gene order and category codes."""
-        layer = self._setup_args["layer"]
-        matrix = check.get_matrix(adata, layer)
-        order = check.align_genes(adata, self._registered_var_names())
-        if order is not None:
-            matrix = matrix[:, order]
-        if adata is not self.adata:
-            check.check_input_counts(matrix, layer, self.module.likelihood)
-        cell_type = self._codes(adata, REGISTRY_KEYS.CELL_TYPE_KEY, required=True)
-        batch = self._codes(adata, REGISTRY_KEYS.BATCH_KEY, required=True)
+    def _registered_cells(self, adata: AnnData | None = None) -> RegisteredCells:
+        """The one path from AnnData to tensors: the registry's arrays of ``adata``.
+
+        ``None`` (or the registered AnnData) reads the model's own registry, labels included.
+        Another AnnData is a set of source cells: its genes are matched to the training genes
+        and its setup transferred from the registry (:meth:`_aligned_adata`, on a new AnnData,
+        so ``adata`` is unchanged), its labels read as the control group. Codes and labels are
+        read once (small); expression rows are read one batch at a time through scvi-tools'
+        ``AnnTorchDataset`` (sparse rows densified per batch).
+        """
+        if adata is None or adata is self.adata:
+            manager = self.adata_manager
+        else:
+            manager = self.adata_manager.transfer_fields(self._aligned_adata(adata, sources=True))
+        categories = manager.get_from_registry(REGISTRY_KEYS.PERTURBATION_KEY).ravel()
+        label_codes = self._label_codes(self._label_categories())[categories.astype(np.int64)]
+        cell_type = manager.get_from_registry(REGISTRY_KEYS.CELL_TYPE_KEY).ravel().astype(np.int64)
+        batch = manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY).ravel().astype(np.int64)
         n_batches = len(self._mapping(REGISTRY_KEYS.BATCH_KEY))
         phenotype = None
-        phenotype_keys = self._setup_args["phenotype_keys"]
-        if with_labels and phenotype_keys:
-            phenotype = adata.obs[list(phenotype_keys)].to_numpy(dtype=np.float32)
-        labels = self._codes(adata, REGISTRY_KEYS.PERTURBATION_KEY, required=with_labels)
-        return CellArrays(
-            counts=check.as_csr(matrix),
-            label_codes=labels,
+        if manager is self.adata_manager and self._setup_args["phenotype_keys"]:
+            values = manager.get_from_registry(REGISTRY_KEYS.PHENOTYPE_KEY)
+            phenotype = np.asarray(values, dtype=np.float32)
+        rows = manager.create_torch_dataset(data_and_attributes={REGISTRY_KEYS.X_KEY: np.float32})
+        return RegisteredCells(
+            rows=rows,
+            label_codes=label_codes,
             label_gene_sets=self._label_gene_sets,
             context=cell_type * n_batches + batch,
             cell_type=cell_type,
@@ -244,10 +227,16 @@ class SetupMixin:
         ]
         return np.asarray([*spelled, ""], dtype=object)[categorical.codes]
 
-    def _aligned_adata(self, adata: AnnData) -> AnnData:
+    def _aligned_adata(self, adata: AnnData, sources: bool = False) -> AnnData:
         """A new AnnData of ``adata``'s cells: the training genes in training order (matched by
         name; others dropped), the registered counts checked, one spelling per gene set in the
-        perturbation column (:meth:`_canonical_labels`). ``adata`` is not modified."""
+        perturbation column (:meth:`_canonical_labels`). ``adata`` is not modified.
+
+        With ``sources``, the cells are taken as control cells to predict from: the registered
+        cell-type and batch columns must be present with categories seen at setup, the
+        perturbation column is set to the control group and absent phenotype columns to NaN
+        (neither is read from source cells), so that the registry's setup transfers.
+        """
         setup = self._setup_args
         layer, key = setup["layer"], setup["perturbation_key"]
         matrix = check.get_matrix(adata, layer)
@@ -258,7 +247,20 @@ class SetupMixin:
         if adata is not self.adata:
             check.check_input_counts(matrix, layer, self.module.likelihood)
         obs = adata.obs.copy()
-        if key in obs.columns:
+        if sources:
+            for argument, registry_key in (
+                ("cell_type_key", REGISTRY_KEYS.CELL_TYPE_KEY),
+                ("batch_key", REGISTRY_KEYS.BATCH_KEY),
+            ):
+                if setup[argument] is not None:
+                    obs[setup[argument]] = check.registered_categories(
+                        obs, setup[argument], self._mapping(registry_key)
+                    )
+            obs[key] = pd.Categorical([str(setup["control_group"])] * adata.n_obs)
+            for column in setup["phenotype_keys"] or []:
+                if column not in obs.columns:
+                    obs[column] = np.nan
+        elif key in obs.columns:
             obs[key] = self._canonical_labels(obs[key])
         layers = {} if layer is None else {layer: matrix}
         return AnnData(X=matrix, obs=obs, var=var.copy(), layers=layers)

@@ -231,7 +231,7 @@ class TrainingMixin:
         if held_controls:
             raise ValueError(f"the control label {held_controls} cannot be held out")
 
-        cells = self._cell_arrays(self.adata, with_labels=True)
+        cells = self._registered_cells()
         is_control = np.isin(cells.label_codes, control_codes)
         excluded = np.zeros(self.adata.n_obs, dtype=bool)
         if control_cells is not None:

@@ -86,6 +86,19 @@ def check_obs_column(
         raise ValueError(f"{what} column {key!r} has {n_missing} missing values (NaN)")
 
 
+def registered_categories(obs: pd.DataFrame, key: str, mapping: Sequence) -> pd.Categorical:
+    """``obs[key]`` as a categorical over the ``mapping`` registered at setup (values matched
+    as text); a clear error when the column is missing or holds categories unseen at setup."""
+    if key not in obs.columns:
+        raise KeyError(f"column {key!r} (used at setup) not found in adata.obs")
+    categories = pd.Index(np.asarray(mapping))
+    codes = pd.Index(categories.astype(str)).get_indexer(obs[key].astype(str))
+    if (codes < 0).any():
+        unknown = pd.unique(obs[key].astype(str)[codes < 0])
+        raise ValueError(f"adata.obs[{key!r}] has labels unseen at setup: {list(unknown[:10])}")
+    return pd.Categorical.from_codes(codes, categories=categories)
+
+
 def check_control_group(adata: AnnData, perturbation_key: str, control_group: str) -> None:
     """The control label is present in the perturbation column."""
     values = adata.obs[perturbation_key]

@@ -127,7 +127,7 @@ def test_pairing_draws_controls_of_the_same_context_and_redraws():
 
 def test_validation_pairs_are_fixed_training_pairs_are_redrawn(screen, tiny_model):
     model = px.PertTX(screen, **tiny_model)
-    cells = model._cell_arrays(screen, with_labels=True)
+    cells = model._registered_cells()
     controls = np.flatnonzero(np.isin(cells.label_codes, model._control_codes()))
     sampler = ControlSampler(controls, cells.context)
     targets = np.arange(screen.n_obs)

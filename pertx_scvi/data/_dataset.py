@@ -3,25 +3,27 @@
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 import torch
+from scvi.data import AnnTorchDataset
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from pertx_scvi._constants import BATCH_KEYS
+from pertx_scvi._constants import BATCH_KEYS, REGISTRY_KEYS
 
 from ._pairing import ControlSampler
 
 
 @dataclass
-class CellArrays:
-    """Per-cell arrays taken once from the AnnData registry.
+class RegisteredCells:
+    """The registered data of one AnnData: expression rows read per batch, codes read once.
 
     Attributes
     ----------
-    counts
-        (n_cells, n_genes) CSR matrix of counts, densified one batch at a time.
+    rows
+        scvi-tools' ``AnnTorchDataset`` over the registered expression matrix (in memory or
+        backed, dense or sparse); indexed by cell positions, it returns a dense batch.
     label_codes
-        (n_cells,) perturbation label code of each cell (-1 when unknown, e.g. prediction input).
+        (n_cells,) perturbation label code of each cell: every spelling of a gene set has the
+        code of its first label; -1 for empty labels.
     label_gene_sets
         (n_labels, max_set_size) vocabulary positions of each label's genes, -1 padded.
     context
@@ -32,16 +34,24 @@ class CellArrays:
         (n_cells, n_phenotypes) continuous scores, or None.
     """
 
-    counts: sp.csr_matrix
+    rows: AnnTorchDataset
     label_codes: np.ndarray
     label_gene_sets: np.ndarray
     context: np.ndarray
     cell_type: np.ndarray
     phenotype: np.ndarray | None = None
 
-    def dense(self, rows: np.ndarray) -> torch.Tensor:
-        """Counts of ``rows`` as a dense float32 tensor."""
-        return torch.from_numpy(np.asarray(self.counts[rows].todense(), dtype=np.float32))
+    @property
+    def n_cells(self) -> int:
+        return len(self.label_codes)
+
+    def dense(self, positions: np.ndarray) -> torch.Tensor:
+        """Expression of the cells at ``positions`` (any order, repeats allowed) as a dense
+        float32 tensor."""
+        # Backed matrices are read in sorted order: read each row once, then reorder.
+        unique, inverse = np.unique(np.asarray(positions, dtype=np.int64), return_inverse=True)
+        values = self.rows[unique][REGISTRY_KEYS.X_KEY]
+        return torch.from_numpy(np.ascontiguousarray(values[inverse], dtype=np.float32))
 
 
 class PairedBatchDataset(Dataset):
@@ -53,7 +63,7 @@ class PairedBatchDataset(Dataset):
 
     def __init__(
         self,
-        cells: CellArrays,
+        cells: RegisteredCells,
         targets: np.ndarray,
         sampler: ControlSampler,
         seed: int = 0,
@@ -103,22 +113,21 @@ def paired_loader(dataset: PairedBatchDataset, batch_size: int, shuffle: bool) -
 
 
 class CellBatchDataset(Dataset):
-    """Counts of single cells in batches (embedding and prediction inputs)."""
+    """Expression of single cells in batches (embedding and prediction inputs)."""
 
-    def __init__(self, counts: sp.csr_matrix):
-        self.counts = counts
+    def __init__(self, cells: RegisteredCells):
+        self.cells = cells
 
     def __len__(self) -> int:
-        return self.counts.shape[0]
+        return self.cells.n_cells
 
     def __getitem__(self, positions) -> torch.Tensor:
-        rows = np.asarray(positions, dtype=np.int64)
-        return torch.from_numpy(np.asarray(self.counts[rows].todense(), dtype=np.float32))
+        return self.cells.dense(positions)
 
 
-def cell_loader(counts: sp.csr_matrix, batch_size: int) -> DataLoader:
-    """Sequential batches of dense count rows."""
-    dataset = CellBatchDataset(counts)
+def cell_loader(cells: RegisteredCells, batch_size: int) -> DataLoader:
+    """Sequential batches of dense expression rows."""
+    dataset = CellBatchDataset(cells)
     return DataLoader(
         dataset,
         sampler=BatchSampler(SequentialSampler(dataset), batch_size=batch_size, drop_last=False),

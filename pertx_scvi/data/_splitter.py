@@ -3,7 +3,7 @@
 import numpy as np
 from scvi.dataloaders import DataSplitter
 
-from ._dataset import CellArrays, PairedBatchDataset, paired_loader
+from ._dataset import PairedBatchDataset, RegisteredCells, paired_loader
 from ._pairing import ControlSampler
 
 
@@ -45,7 +45,7 @@ class PerturbationDataSplitter(DataSplitter):
     adata_manager
         The model's :class:`~scvi.data.AnnDataManager`.
     cells
-        The registered arrays of every cell (:meth:`PertTX._cell_arrays`).
+        The registered arrays of every cell (:meth:`PertTX._registered_cells`).
     train_idx, val_idx, test_idx
         Cell positions of training, validation and held-out cells (every cell in one).
     sampler
@@ -61,7 +61,7 @@ class PerturbationDataSplitter(DataSplitter):
     def __init__(
         self,
         adata_manager,
-        cells: CellArrays,
+        cells: RegisteredCells,
         train_idx: np.ndarray,
         val_idx: np.ndarray,
         test_idx: np.ndarray,
