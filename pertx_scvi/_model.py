@@ -44,6 +44,20 @@ def resolve_max_genes(max_genes: int | str | None, n_genes: int) -> int | None:
     return max_genes
 
 
+def resolve_likelihood(likelihood: str, is_log_normalized: bool) -> str:
+    """``"auto"``: ``"mse"`` for log-normalised data, ``"nb"`` for counts; count likelihoods
+    refuse log-normalised data."""
+    if likelihood == "auto":
+        return "mse" if is_log_normalized else "nb"
+    if is_log_normalized and likelihood in check.COUNT_LIKELIHOODS:
+        raise ValueError(
+            f"likelihood={likelihood!r} needs raw counts, but adata was set up with "
+            "is_log_normalized=True (log-normalised values): use likelihood='mse' (the default "
+            "for such data), or set up the raw counts (layer=...) with is_log_normalized=False"
+        )
+    return likelihood
+
+
 class PertTX(ModelFilesMixin, SetupMixin, TrainingMixin, PredictionMixin, BaseModelClass):
     """Perturbation transformer: predicts perturbed cells from control cells.
 
@@ -74,7 +88,8 @@ class PertTX(ModelFilesMixin, SetupMixin, TrainingMixin, PredictionMixin, BaseMo
     likelihood
         ``"nb"`` (negative binomial on counts), ``"zinb"`` (zero-inflated negative binomial:
         a per-gene-per-cell dropout probability predicted from the source cell and the
-        perturbation) or ``"mse"`` (squared error on log1p(normalize_total) values).
+        perturbation), ``"mse"`` (squared error on log1p(normalize_total) values) or
+        ``"auto"``: ``"mse"`` for data set up with ``is_log_normalized=True``, else ``"nb"``.
     mask_ratio
         Share of gene tokens hidden for masked-expression reconstruction.
     mlm_cell
@@ -196,7 +211,7 @@ class PertTX(ModelFilesMixin, SetupMixin, TrainingMixin, PredictionMixin, BaseMo
         d_hidden: int = 128,
         dropout: float = 0.0,
         attention_backend: str = "auto",
-        likelihood: str = "nb",
+        likelihood: str = "auto",
         mask_ratio: float = 0.15,
         mlm_cell: str = "source",
         max_genes: int | str | None = "auto",
@@ -231,6 +246,7 @@ class PertTX(ModelFilesMixin, SetupMixin, TrainingMixin, PredictionMixin, BaseMo
         if adata is None:
             raise ValueError("PertTX needs the AnnData it was set up with: PertTX(adata)")
         setup = self.registry_["setup_args"]
+        likelihood = resolve_likelihood(likelihood, self._is_log_normalized)
         if likelihood in check.COUNT_LIKELIHOODS:  # before anything is built or changed
             matrix = check.get_matrix(adata, setup["layer"])
             check.check_counts(matrix, setup["layer"], True, likelihood)
@@ -295,6 +311,7 @@ class PertTX(ModelFilesMixin, SetupMixin, TrainingMixin, PredictionMixin, BaseMo
             dropout=dropout,
             attention_backend=attention_backend,
             likelihood=likelihood,
+            log_normalized_input=self._is_log_normalized,
             mask_ratio=mask_ratio,
             mlm_cell=mlm_cell,
             max_genes=resolve_max_genes(max_genes, adata.n_vars),

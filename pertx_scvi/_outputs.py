@@ -153,6 +153,9 @@ class PredictionMixin:
           (for ZINB the mean of the zero-inflated counts).
         - ``layers["counts"]``: counts sampled from the likelihood (dropout included for ZINB)
           with the source cell's library size.
+          (For a model of log-normalised data, set up with ``is_log_normalized=True``, ``X``
+          is the predicted log-normalised expression, marked by ``uns["log1p"]`` as scanpy
+          does, and there are no count layers.)
         - ``obs["perturbation"]``, ``obs["source_cell"]``, ``obs["sample"]``; where the model
           has the heads, ``obs["predicted_<cell_type_key>"]`` and
           ``obsm["<cell_type_key>_probabilities"]`` (cell type of the predicted cell), and
@@ -181,7 +184,7 @@ class PredictionMixin:
         for batch in cell_loader(cells, batch_size):
             z = self.module.embed_cells(batch)
             stop = start + len(z)
-            lib = batch.sum(1, keepdim=True).to(self.device)
+            lib = self.module.library(batch).to(self.device)
             for p in range(n_pert):
                 predicted = self.module.predict(
                     z,
@@ -222,20 +225,27 @@ class PredictionMixin:
             # (n_pert, n_src, genes) -> one row per perturbation, sample and source cell.
             return np.repeat(values[:, None], n_samples, axis=1).reshape(n_rows, n_genes)
 
+        layers = {}
+        if not self._is_log_normalized:  # without counts, X is the whole prediction
+            layers = {
+                "mean": per_sample(mean),
+                "counts": sp.csr_matrix(counts_layer, dtype=np.float32),
+            }
         result = AnnData(
             X=per_sample(expected),
             obs=obs,
             var=pd.DataFrame(index=self._registered_var_names().copy()),
-            layers={
-                "mean": per_sample(mean),
-                "counts": sp.csr_matrix(counts_layer, dtype=np.float32),
-            },
+            layers=layers,
         )
         result.uns["pertx"] = {
-            "X": "E[log1p(counts / total * 1e4)] under the model (Monte Carlo)",
+            "X": "predicted log1p(normalize_total) values (model of log-normalised data)"
+            if self._is_log_normalized
+            else "E[log1p(counts / total * 1e4)] under the model (Monte Carlo)",
             "n_draws": n_draws,
             "n_samples": n_samples,
         }
+        if self._is_log_normalized:
+            result.uns["log1p"] = {"base": None}  # scanpy's marker: X is log-normalised
         for name, per_p in heads.items():
             values = np.stack([np.concatenate(chunks) for chunks in per_p])
             values = np.repeat(values[:, None], n_samples, axis=1).reshape(n_rows, -1)
@@ -364,6 +374,11 @@ class PredictionMixin:
         """
         if profile not in ("expected", "sampled"):
             raise ValueError(f"profile must be 'expected' or 'sampled', got {profile!r}")
+        if profile == "sampled" and self._is_log_normalized:
+            raise ValueError(
+                "profile='sampled' draws counts, but this model was set up on log-normalised "
+                "values (is_log_normalized=True): use profile='expected'"
+            )
         perturbations = [str(p) for p in perturbations]
         rows = []
         # Chunks of perturbations share each source cell's encoder pass; memory stays bounded
@@ -507,7 +522,7 @@ class PredictionMixin:
             baselines=baselines,
             edges=None if gene_graph is None else gene_graph.edges,
             gene_embedding=gene_embedding,
-            layer=setup["layer"],
+            layer=None if self._is_log_normalized else setup["layer"],
             n_top_de=n_top_de,
             seed=seed,
             separator=setup["label_separator"],

@@ -43,6 +43,7 @@ class SetupMixin:
         phenotype_keys: Sequence[str] | None = None,
         label_separator: str = "+",
         gene_symbols: str | None = None,
+        is_log_normalized: bool = False,
         **kwargs,
     ) -> None:
         """Register a perturbation screen with PertTX.
@@ -66,6 +67,11 @@ class SetupMixin:
             Separator between the genes of a combination label.
         gene_symbols
             ``var`` column with gene symbols when ``var_names`` are other ids (e.g. Ensembl).
+        is_log_normalized
+            The matrix holds log-normalised values (``sc.pp.normalize_total`` +
+            ``sc.pp.log1p``, as in GEARS and PerturBench files), not counts. The model then
+            takes them as they are and fits them with ``likelihood="mse"`` (its default for such
+            data; the count likelihoods refuse them).
 
         Notes
         -----
@@ -88,7 +94,10 @@ class SetupMixin:
         phenotype_keys = list(phenotype_keys) if phenotype_keys else None
         for key in phenotype_keys or []:
             check.check_obs_column(adata, key, "phenotype", numeric=True)
-        check.check_counts(check.get_matrix(adata, layer), layer, require_integer=False)
+        matrix = check.get_matrix(adata, layer)
+        check.check_counts(matrix, layer, require_integer=False)
+        if is_log_normalized:
+            check.check_log_normalized(matrix, layer)
         check.check_unique_genes(pd.Index(adata.var_names))
         if gene_symbols is not None:
             if gene_symbols not in adata.var.columns:
@@ -120,7 +129,7 @@ class SetupMixin:
             )
 
         fields = [
-            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=not is_log_normalized),
             CategoricalObsField(REGISTRY_KEYS.PERTURBATION_KEY, perturbation_key),
             CategoricalObsField(REGISTRY_KEYS.CELL_TYPE_KEY, cell_type_key),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
@@ -143,6 +152,10 @@ class SetupMixin:
     @property
     def _setup_args(self) -> dict:
         return self.registry_["setup_args"]
+
+    @property
+    def _is_log_normalized(self) -> bool:
+        return bool(self._setup_args.get("is_log_normalized", False))
 
     def _parse(self, label: str) -> tuple[str, ...]:
         setup = self._setup_args
@@ -263,7 +276,8 @@ class SetupMixin:
         elif key in obs.columns:
             obs[key] = self._canonical_labels(obs[key])
         layers = {} if layer is None else {layer: matrix}
-        return AnnData(X=matrix, obs=obs, var=var.copy(), layers=layers)
+        uns = {"log1p": {"base": None}} if self._is_log_normalized else {}  # scanpy's marker
+        return AnnData(X=matrix, obs=obs, var=var.copy(), layers=layers, uns=uns)
 
     def _context_names(self) -> list[str]:
         return [

@@ -55,8 +55,23 @@ def check_counts(matrix, layer: str | None, require_integer: bool, likelihood: s
         example = values[values != np.round(values)][0]
         raise ValueError(
             f"{where} contains non-integer values (e.g. {example:g}) but the count likelihood "
-            f"{likelihood!r} needs raw counts: pass layer= naming the raw counts, or "
-            "likelihood='mse'"
+            f"{likelihood!r} needs raw counts: pass layer= naming the raw counts, or for "
+            "log-normalised data call PertTX.setup_anndata(..., is_log_normalized=True) "
+            "(the model then uses likelihood='mse')"
+        )
+
+
+def check_log_normalized(matrix, layer: str | None, max_value: float = 30.0) -> None:
+    """Values set up as log-normalised must look it: log1p of counts per 1e4 stays below 10
+    (per million, below 14); larger values are counts."""
+    where = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
+    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
+    largest = float(np.max(values)) if np.size(values) else 0.0
+    if largest > max_value:
+        raise ValueError(
+            f"{where} has values up to {largest:g}: that is not log-normalised data "
+            "(log1p(normalize_total) stays below ~14); for raw counts leave "
+            "is_log_normalized=False"
         )
 
 

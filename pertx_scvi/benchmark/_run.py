@@ -249,7 +249,17 @@ def benchmark(
         console.log(f"loading data: {data if not isinstance(data, AnnData) else 'AnnData'}")
         loaded = _load_data(data, perturbation_key, control_group, layer, quick, seed, data_dir)
         adata, key, control = loaded.adata, loaded.perturbation_key, loaded.control_group
-        PertTX.setup_anndata(adata, perturbation_key=key, control_group=control, layer=loaded.layer)
+        # Files of log-normalised values only carry scanpy's marker (GEARS, PerturBench).
+        log_normalized = loaded.layer is None and metrics.is_log_normalized(adata)
+        if log_normalized:
+            console.log("data: log-normalised values (uns['log1p']); likelihood 'mse'")
+        PertTX.setup_anndata(
+            adata,
+            perturbation_key=key,
+            control_group=control,
+            layer=loaded.layer,
+            is_log_normalized=log_normalized,
+        )
         separator = DEFAULT_SEPARATOR
         tokens = (*DEFAULT_CONTROL_TOKENS, control)
         labels = adata.obs[key].astype(str).to_numpy()

@@ -102,10 +102,19 @@ def _load_data(
             "control",
             None,
         )
+    if name in datasets.PERTURBENCH_SCREENS:
+        return _Data(
+            datasets.perturbench(name, data_dir),
+            f"{name} (PerturBench development file, log-normalised values only)",
+            "perturbation",
+            "control",
+            None,
+        )
     path = Path(name).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
-            f"--data {name!r} is neither 'simulated', 'papalexi2021' nor an existing .h5ad file"
+            f"--data {name!r} is neither 'simulated', 'papalexi2021', "
+            f"{' / '.join(map(repr, datasets.PERTURBENCH_SCREENS))} nor an existing .h5ad file"
         )
     import anndata as ad
 

@@ -108,3 +108,45 @@ def norman2019_fixture(path: str | os.PathLike | None = None) -> ad.AnnData:
     adata.obs["perturbation"] = _gears_to_perturbation(adata.obs["condition"])
     adata.uns["control_label"] = CONTROL
     return adata
+
+
+PERTURBENCH_FILE = "perturb/perturbench_devel_norman19_mcfaline23.h5ad"
+PERTURBENCH_SCREENS = ("norman19", "mcfaline23")
+
+
+def perturbench(screen: str, path: str | os.PathLike | None = None) -> ad.AnnData:
+    """Load one screen of the PerturBench development file (log-normalised values only).
+
+    The development file of the PerturBench benchmark (Altos Labs, BSD-3-Clause; data from
+    GEO): 5,961 cells x 500 highly variable genes, ``log1p(normalize_total)`` values and no
+    counts. ``"norman19"``: K562 CRISPRa (Norman et al. 2019), 18 single genes and 15 double
+    combinations (``KLF1+MAP2K6``), about 100 cells each. ``"mcfaline23"``: CRISPRi of 9 kinases
+    in 3 glioma lines (``obs["cell_type"]`` T98G / U87MG / A172; McFaline-Figueroa et al. 2023),
+    100 controls per line.
+
+    Parameters
+    ----------
+    screen
+        ``"norman19"`` or ``"mcfaline23"``.
+    path
+        The ``.h5ad`` file, the data folder that contains ``perturb/``, or the ``perturb/``
+        folder itself; ``None`` looks under ``$PERTX_DATA_DIR`` and the cache folder.
+
+    Returns
+    -------
+    anndata.AnnData
+        The screen's cells: log-normalised ``X`` (float32 CSR) with scanpy's marker
+        ``uns["log1p"]`` (set it up with ``PertTX.setup_anndata(..., is_log_normalized=True)``),
+        ``obs["perturbation"]`` categorical with ``"control"`` first, ``obs["cell_type"]``.
+    """
+    if screen not in PERTURBENCH_SCREENS:
+        raise ValueError(f"screen must be one of {PERTURBENCH_SCREENS}, got {screen!r}")
+    file = find_data_file(PERTURBENCH_FILE, path)
+    full = ad.read_h5ad(file)
+    adata = full[full.obs["dataset"].astype(str) == screen].copy()
+    adata.X = _as_csr_float32(adata.X)
+    adata.obs["perturbation"] = _control_first(adata.obs["perturbation"])
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype(str).astype("category")
+    adata.uns["log1p"] = {"base": None}
+    adata.uns["control_label"] = CONTROL
+    return adata

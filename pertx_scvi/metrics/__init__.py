@@ -61,12 +61,13 @@ from ._summary import (
     summarize,
     target_gene_positions,
 )
-from ._utils import canonical_label, log_normalize, parse_perturbation
+from ._utils import canonical_label, is_log_normalized, log_normalize, parse_perturbation
 
 __all__ = [
     # labels and normalisation
     "parse_perturbation",
     "canonical_label",
+    "is_log_normalized",
     "log_normalize",
     # metrics
     "pearson",

@@ -65,13 +65,23 @@ def check_labels(adata: ad.AnnData, perturbation_key: str, control_group: str) -
     return labels
 
 
+def is_log_normalized(adata: ad.AnnData) -> bool:
+    """Whether ``adata.X`` holds log-normalised values by scanpy's marker ``uns["log1p"]``."""
+    return "log1p" in adata.uns
+
+
 def log_normalize(adata: ad.AnnData, layer: str | None = None) -> sparse.csr_matrix | np.ndarray:
     """``log1p(normalize_total(counts, target_sum=1e4))`` of a copy of the counts.
+
+    Data that are already log-normalised (``X`` of an AnnData carrying scanpy's marker
+    ``adata.uns["log1p"]``, as ``sc.pp.log1p`` leaves it, e.g. GEARS and PerturBench files) are
+    returned as a float32 copy, unchanged.
 
     Parameters
     ----------
     adata
-        Cells x genes with raw counts in ``X`` or in ``layers[layer]``. Never modified.
+        Cells x genes with raw counts in ``X`` or in ``layers[layer]``, or log-normalised
+        values in ``X`` with ``adata.uns["log1p"]``. Never modified.
     layer
         Layer holding the raw counts; ``None`` uses ``X``.
 
@@ -89,6 +99,8 @@ def log_normalize(adata: ad.AnnData, layer: str | None = None) -> sparse.csr_mat
     if X is None:
         raise ValueError("adata has no expression matrix (X is None)")
     X = sparse.csr_matrix(X, dtype=np.float32) if sparse.issparse(X) else np.array(X, np.float32)
+    if layer is None and is_log_normalized(adata):
+        return X.copy()
     tmp = ad.AnnData(X=X)
     sc.pp.normalize_total(tmp, target_sum=TARGET_SUM)
     sc.pp.log1p(tmp)

@@ -73,6 +73,9 @@ class PertTXModule(BaseModuleClass):
         ``"zinb"``: zero-inflated negative binomial, with per-gene-per-cell dropout logits from
         the decoder input (source embedding and perturbation embedding);
         ``"mse"``: squared error on log1p(normalize_total) values.
+    log_normalized_input
+        Inputs are log-normalised values (``log1p`` of ``normalize_total``), not counts: they
+        are tokenised as they are (needs ``likelihood="mse"``).
     mask_ratio
         Fraction of a cell's gene tokens hidden for masked-expression reconstruction.
     mlm_cell
@@ -172,10 +175,15 @@ class PertTXModule(BaseModuleClass):
         effect_genes: torch.Tensor | None = None,
         retrieval_graphs: list[GraphTensors] | None = None,
         retrieval_leave_out: float = 0.5,
+        log_normalized_input: bool = False,
     ):
         super().__init__()
         if likelihood not in ("nb", "zinb", "mse"):
             raise ValueError(f"likelihood must be 'nb', 'zinb' or 'mse', got {likelihood!r}")
+        if log_normalized_input and likelihood != "mse":
+            raise ValueError(
+                f"log-normalised inputs have no counts for likelihood {likelihood!r}: use 'mse'"
+            )
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         if mlm_cell not in ("source", "target"):
@@ -213,6 +221,7 @@ class PertTXModule(BaseModuleClass):
             )
         self.n_genes = n_genes
         self.likelihood = likelihood
+        self.log_normalized_input = log_normalized_input
         self.mask_ratio = mask_ratio
         self.mlm_cell = mlm_cell
         self.max_genes = None if max_genes is None or max_genes >= n_genes else int(max_genes)
@@ -315,12 +324,28 @@ class PertTXModule(BaseModuleClass):
         hidden = self.encoder(self.tokenizer(values, mask, genes))
         return hidden[:, 0], hidden[:, 1:]
 
+    def library(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, 1) library sizes of input rows: their total counts, or, for log-normalised
+        inputs, the normalisation target (so that mean "counts" are normalised expression)."""
+        if self.log_normalized_input:
+            return torch.full_like(x[:, :1], TARGET_SUM)
+        return x.sum(-1, keepdim=True).clamp(min=1.0)
+
+    def input_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-normalised values (log1p of counts per 1e4) and library sizes of input rows;
+        log-normalised inputs are taken as they are."""
+        library = self.library(x)
+        if self.log_normalized_input:
+            return x, library
+        return log_normalize(x, library, TARGET_SUM), library
+
     @auto_move_data
-    def embed_cells(self, counts: torch.Tensor) -> torch.Tensor:
-        """CLS embeddings (batch, d_model) of unmasked cells."""
-        library = counts.sum(-1, keepdim=True).clamp(min=1.0)
-        values = log_normalize(counts, library, TARGET_SUM)
+    def embed_cells(self, x: torch.Tensor) -> torch.Tensor:
+        """CLS embeddings (batch, d_model) of unmasked cells (counts, or log-normalised values
+        for a model of log-normalised data)."""
+        values, _ = self.input_values(x)
         return self._encode(values, genes=self.select_genes(values))[0]
+
 
     def decode(self, z: torch.Tensor, gene_sets: torch.Tensor) -> torch.Tensor:
         """Link-space output of the next-cell decoder for sources ``z`` and perturbations."""
@@ -483,10 +508,8 @@ class PertTXModule(BaseModuleClass):
 
     @auto_move_data
     def inference(self, source_x: torch.Tensor, target_x: torch.Tensor) -> dict[str, torch.Tensor]:
-        source_library = source_x.sum(-1, keepdim=True).clamp(min=1.0)
-        target_library = target_x.sum(-1, keepdim=True).clamp(min=1.0)
-        source_values = log_normalize(source_x, source_library, TARGET_SUM)
-        target_values = log_normalize(target_x, target_library, TARGET_SUM)
+        source_values, source_library = self.input_values(source_x)
+        target_values, target_library = self.input_values(target_x)
         outputs = {
             "target_library": target_library,
             "target_values": target_values,
