@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from .graphs import GeneGraph, load_id_table, read_gene_embedding
+from .graphs._gene_graph import REVERSE_SUFFIX
 from .graphs._id_mapping import resolve_names
 from .module._graph_encoder import (
     GraphTensors,
@@ -34,7 +35,6 @@ from .module._graph_encoder import (
 logger = logging.getLogger(__name__)
 
 ENCODERS = ("auto", "label", "rgcn", "multiview")
-REVERSE_SUFFIX = "~rev"
 
 GraphInput = GeneGraph | str | os.PathLike | Sequence[GeneGraph | str | os.PathLike] | None
 
@@ -184,21 +184,6 @@ def _source_names(vocabulary: pd.Index, renames: dict[str, str]) -> list[str]:
 
 
 # ---- edges ---------------------------------------------------------------------------------------
-def cap_in_degree(
-    edge_index: np.ndarray, edge_type: np.ndarray, edge_weight: np.ndarray, max_neighbours: int
-) -> np.ndarray:
-    """Mask keeping, per (target, relation), the ``max_neighbours`` heaviest in-edges."""
-    if max_neighbours is None or max_neighbours <= 0 or not len(edge_type):
-        return np.ones(len(edge_type), dtype=bool)
-    order = np.lexsort((-edge_weight, edge_type, edge_index[1]))
-    group = edge_index[1][order].astype(np.int64) * (int(edge_type.max()) + 1) + edge_type[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(group)) + 1]
-    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-    keep = np.zeros(len(order), dtype=bool)
-    keep[order[rank < max_neighbours]] = True
-    return keep
-
-
 def graph_tensors(
     graph: GeneGraph,
     node_names: Sequence[str],
@@ -210,37 +195,21 @@ def graph_tensors(
 
     Symmetric relations (GO, STRING) are read in both directions; for directed relations the
     reverse edges form a relation of their own (``"<relation>~rev"``) when
-    ``reverse_relations``, so that a regulator hears from its targets and a target from its
-    regulators through different transforms. Each node keeps its ``max_neighbours`` heaviest
-    in-edges per relation (hub genes of OmniPath have thousands).
+    ``reverse_relations``. Self-loops are dropped, and each node keeps its ``max_neighbours``
+    heaviest in-edges per relation (see :meth:`GeneGraph.to_pyg`).
     """
-    data = graph.to_pyg(genes=node_names, undirected=False)
-    ei = data.edge_index.numpy()
-    et = data.edge_type.numpy()
-    ew = data.edge_weight.numpy()
-    rel_names = list(data.relation_names)
-    if reverse_relations and graph.n_edges:
-        directed = graph.edges.groupby("relation", observed=True)["directed"].any()
-        parts_i, parts_t, parts_w = [ei], [et], [ew]
-        for code, rel in enumerate(list(rel_names)):
-            if not bool(directed.get(rel, False)):
-                continue
-            m = et == code
-            parts_i.append(ei[::-1, m])
-            parts_t.append(np.full(int(m.sum()), len(rel_names), dtype=et.dtype))
-            parts_w.append(ew[m])
-            rel_names.append(rel + REVERSE_SUFFIX)
-        ei, et, ew = np.concatenate(parts_i, 1), np.concatenate(parts_t), np.concatenate(parts_w)
-    loops = ei[0] == ei[1]
-    ei, et, ew = ei[:, ~loops], et[~loops], ew[~loops]
-    if max_neighbours:
-        keep = cap_in_degree(ei, et, ew, max_neighbours)
-        ei, et, ew = ei[:, keep], et[keep], ew[keep]
+    data = graph.to_pyg(
+        genes=node_names,
+        undirected=False,
+        reverse_relations=reverse_relations,
+        self_loops=False,
+        max_neighbours=max_neighbours,
+    )
     return GraphTensors(
-        edge_index=torch.from_numpy(np.ascontiguousarray(ei, dtype=np.int64)),
-        edge_type=torch.from_numpy(np.ascontiguousarray(et, dtype=np.int64)),
-        edge_weight=torch.from_numpy(np.ascontiguousarray(ew, dtype=np.float32)),
-        relation_names=rel_names,
+        edge_index=data.edge_index,
+        edge_type=data.edge_type,
+        edge_weight=data.edge_weight,
+        relation_names=list(data.relation_names),
         name=name,
     )
 

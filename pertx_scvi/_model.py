@@ -7,6 +7,10 @@ training (``_training.py``), outputs and evaluation (``_outputs.py``), model fil
 
 from __future__ import annotations
 
+import logging
+import os
+import warnings
+
 import numpy as np
 import pandas as pd
 import torch
@@ -15,7 +19,10 @@ from scvi.model.base import BaseModelClass
 
 from . import _validation as check
 from ._graph_setup import (
+    _renames,
+    _source_names,
     build_graph_setup,
+    load_gene_table,
     load_graphs,
     make_perturbation_encoder,
     resolve_encoder_kind,
@@ -23,12 +30,18 @@ from ._graph_setup import (
 from ._labels import gene_set_matrix
 from ._model_files import ModelFilesMixin
 from ._outputs import PredictionMixin
+from ._screen import ScreenMixin
 from ._setup import SetupMixin
 from ._training import TrainingInterrupted, TrainingMixin
 from .graphs import GeneGraph, load_id_table
 from .module import PertTXModule
 
 __all__ = ["PertTX", "TrainingInterrupted", "resolve_max_genes"]
+
+logger = logging.getLogger(__name__)
+
+GENE_TOKEN_SOURCES = ("go", "string")
+"""Built-in tables of ``PertTX(gene_token_embedding=...)``: GO-SVD and STRING spectral."""
 
 
 AUTO_ALL_GENES_UP_TO = 512
@@ -58,7 +71,133 @@ def resolve_likelihood(likelihood: str, is_log_normalized: bool) -> str:
     return likelihood
 
 
-class PertTX(ModelFilesMixin, SetupMixin, TrainingMixin, PredictionMixin, BaseModelClass):
+# ---- gene-token tables ---------------------------------------------------------------------------
+def load_gene_token_source(spec, n_components: int) -> pd.DataFrame:
+    """The ``gene_token_embedding`` input as a genes x dims float32 DataFrame.
+
+    ``"go"``: :func:`~pertx_scvi.graphs.go_embedding` (``n_components`` wide) of the data
+    folder's ``graphs/human_gene2go.tsv.gz``; ``"string"``:
+    :func:`~pertx_scvi.graphs.spectral_embedding` of ``graphs/string_v12_human_ntm700.tsv.gz``
+    (combined scores), both found through :func:`pertx_scvi.datasets.find_data_file`
+    (``$PERTX_DATA_DIR``); otherwise a DataFrame, a ``{gene: vector}`` dict or a file for
+    :func:`~pertx_scvi.graphs.read_gene_embedding`.
+    """
+    if isinstance(spec, str) and spec in GENE_TOKEN_SOURCES:
+        from .benchmark._sources import GENE2GO_FILE, _find
+        from .benchmark._sources import load_graphs as load_named_graphs
+        from .graphs import go_embedding, spectral_embedding
+
+        if spec == "go":
+            return go_embedding(_find(GENE2GO_FILE, None), n_components=n_components)
+        (graph,), _ = load_named_graphs("string")
+        return spectral_embedding(graph, n_components=n_components)
+    if not isinstance(spec, pd.DataFrame | dict | str | os.PathLike):
+        raise TypeError(
+            "gene_token_embedding must be a DataFrame (genes x dims), a {gene: vector} dict, a "
+            f"file path or one of {GENE_TOKEN_SOURCES}, not {type(spec).__name__}"
+        )
+    if isinstance(spec, dict):
+        widths = {np.asarray(v).size for v in spec.values()}
+        if len(widths) > 1:
+            raise ValueError(f"gene_token_embedding: vectors of different lengths {sorted(widths)}")
+    if isinstance(spec, str | os.PathLike) and not os.path.exists(spec):
+        raise FileNotFoundError(
+            f"gene_token_embedding {os.fspath(spec)!r} is neither one of {GENE_TOKEN_SOURCES} "
+            "nor an existing file"
+        )
+    table = load_gene_table(spec)
+    if table.shape[1] == 0:
+        raise ValueError("gene_token_embedding has no columns (no vector values)")
+    return table
+
+
+def match_gene_tokens(table: pd.DataFrame, genes: pd.Index, id_table=None) -> pd.DataFrame:
+    """The rows of ``table`` for the measured ``genes`` (data names, in data order) that hold a
+    vector (finite, not all zero): matched by name, and through ``id_table`` (a path or a
+    DataFrame ``id, id_type, symbol``) for genes the table knows under another name."""
+    ids = None if id_table is None else load_id_table(id_table)
+    genes = pd.Index([str(g) for g in genes], name="gene")
+    renames = _renames(list(genes), table.index, ids)
+    rows = table.reindex(_source_names(genes, renames))
+    rows.index = genes
+    values = rows.to_numpy(dtype=np.float32)
+    found = np.isfinite(values).all(1) & (np.abs(np.nan_to_num(values)).sum(1) > 0)
+    rows = rows[found].astype(np.float32)
+    rows.columns = pd.Index([str(c) for c in rows.columns], dtype=object)  # as saved
+    return rows
+
+
+def project_gene_tokens(values: np.ndarray, d_model: int) -> np.ndarray:
+    """Pretrained vectors (n, width) as d_model-wide gene tokens, by a fixed map.
+
+    The rows are centred (when there are two or more), rotated onto their ``d_model`` leading
+    principal axes when wider than ``d_model`` (PCA by SVD; each axis' largest loading
+    positive) or zero-padded when narrower, and scaled by one number to a root mean square of
+    1 per entry: the scale of the N(0, 1) initialisation of the learned rows. Computed once when
+    the model is built (never trained), so that frozen rows are fixed token vectors.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) > 1:
+        x = x - x.mean(axis=0)
+    if x.shape[1] > d_model:
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
+        vt = vt[:d_model]
+        vt = vt * np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])[:, None]
+        x = x @ vt.T
+    if x.shape[1] < d_model:
+        x = np.hstack([x, np.zeros((len(x), d_model - x.shape[1]))])
+    rms = np.sqrt(np.mean(x**2)) if x.size else 0.0
+    return (x / rms if rms > 0 else x).astype(np.float32)
+
+
+def build_gene_tokens(
+    spec, genes: pd.Index, d_model: int, id_table=None
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """``(rows, table, found)`` of ``PertTX(gene_token_embedding=spec)``.
+
+    ``rows``: the input vectors of the measured genes found (data names; what the model keeps
+    and saves); ``table`` (len(genes), d_model) their projected vectors
+    (:func:`project_gene_tokens`; zeros elsewhere); ``found`` (len(genes),) bool.
+
+    Raises
+    ------
+    ValueError
+        When no measured gene is in the table.
+    """
+    genes = pd.Index([str(g) for g in genes], name="gene")
+    table = load_gene_token_source(spec, d_model)
+    rows = match_gene_tokens(table, genes, id_table)
+    n_found, n_genes = len(rows), len(genes)
+    if n_found == 0:
+        raise ValueError(
+            f"gene_token_embedding: none of the {n_genes} measured genes (e.g. "
+            f"{list(genes[:3])}) has a vector in the table ({len(table)} genes, e.g. "
+            f"{list(table.index[:3])}); match the names with setup_anndata(gene_symbols=...) "
+            "or id_table="
+        )
+    if n_found < 0.1 * n_genes:
+        warnings.warn(
+            f"gene_token_embedding: only {n_found} of {n_genes} measured genes have a "
+            "pretrained vector; the others are learned",
+            UserWarning,
+            stacklevel=3,
+        )
+    logger.info(
+        "gene tokens: pretrained vectors for %d of %d measured genes (%d wide, projected to %d)",
+        n_found,
+        n_genes,
+        table.shape[1],
+        d_model,
+    )
+    found = genes.isin(rows.index)
+    projected = np.zeros((n_genes, d_model), dtype=np.float32)
+    projected[genes.get_indexer(rows.index)] = project_gene_tokens(rows.to_numpy(), d_model)
+    return rows, projected, found
+
+
+class PertTX(
+    ModelFilesMixin, SetupMixin, TrainingMixin, PredictionMixin, ScreenMixin, BaseModelClass
+):
     """Perturbation transformer: predicts perturbed cells from control cells.
 
     Each cell is a sequence of gene tokens (gene embedding + encoded expression value) with a CLS
@@ -182,6 +321,21 @@ class PertTX(ModelFilesMixin, SetupMixin, TrainingMixin, PredictionMixin, BaseMo
         its trained graph neighbours (weights of the graphs and shrinkage fitted by leaving
         trained genes out in training; the graph-neighbour baseline on the model's own
         effects).
+    gene_token_embedding
+        Pretrained vectors for the transformer's gene tokens (the measured genes; the
+        perturbation side's table is ``gene_embedding``): a DataFrame genes x dims, a
+        ``{gene: vector}`` dict, a file for :func:`pertx_scvi.graphs.read_gene_embedding`, or
+        ``"go"`` (GO-SVD, :func:`pertx_scvi.graphs.go_embedding` of the data folder's
+        ``graphs/human_gene2go.tsv.gz``) or ``"string"``
+        (:func:`pertx_scvi.graphs.spectral_embedding` of the STRING graph
+        ``graphs/string_v12_human_ntm700.tsv.gz``), both ``d_model`` wide and read from
+        ``$PERTX_DATA_DIR``. Genes are matched by name (``gene_symbols`` of the setup, and
+        ``id_table`` for other names); how many got a vector is logged. Their tokens start from
+        the vectors mapped to ``d_model`` by a fixed map (centred, PCA when wider, zero-padded
+        when narrower, scaled to unit root mean square) and stay frozen (no gradient, no weight
+        decay); the other genes' tokens are learned as without a table.
+        :meth:`unfreeze_gene_tokens` fine-tunes all. The model keeps (and saves) the input rows
+        of the genes found, under the data's names.
 
     Notes
     -----
@@ -241,6 +395,7 @@ class PertTX(ModelFilesMixin, SetupMixin, TrainingMixin, PredictionMixin, BaseMo
         graph_kwargs: dict | None = None,
         effect_table: bool = True,
         effect_retrieval: bool = True,
+        gene_token_embedding: pd.DataFrame | dict | str | os.PathLike | None = None,
     ):
         super().__init__(adata)
         if adata is None:
@@ -298,6 +453,14 @@ class PertTX(ModelFilesMixin, SetupMixin, TrainingMixin, PredictionMixin, BaseMo
         self.perturbation_genes = pd.Index(vocabulary, name="gene")
         self._label_gene_sets = gene_set_matrix(self._label_genes, self.perturbation_genes)
         self_gene_index = torch.from_numpy(self.gene_names.get_indexer(self.perturbation_genes))
+        token_table = token_found = None
+        if gene_token_embedding is not None:
+            # The model keeps (init_params_, saved files) the input rows of the genes found,
+            # under the data's names: a load needs neither the data folder nor the source file.
+            gene_token_embedding, token_table, token_found = build_gene_tokens(
+                gene_token_embedding, self.gene_names, d_model, id_table
+            )
+            token_table, token_found = map(torch.from_numpy, (token_table, token_found))
 
         self.module = self._module_cls(
             n_genes=adata.n_vars,
@@ -336,6 +499,8 @@ class PertTX(ModelFilesMixin, SetupMixin, TrainingMixin, PredictionMixin, BaseMo
                 self.graph_setup_.graphs if effect_retrieval and self.graph_setup_ else None
             ),
             retrieval_leave_out=graph_self_dropout,
+            gene_token_table=token_table,
+            gene_token_found=token_found,
         )
         self.holdout_perturbations_: list[str] = []
         self._model_summary_string = (
@@ -344,6 +509,10 @@ class PertTX(ModelFilesMixin, SetupMixin, TrainingMixin, PredictionMixin, BaseMo
             f"n_heads={n_heads}, likelihood={likelihood}, "
             f"attention={self.module.encoder.backend}, perturbation encoder={encoder_kind}"
         )
+        if token_found is not None:
+            self._model_summary_string += (
+                f", pretrained gene tokens for {int(token_found.sum())} genes"
+            )
         self.init_params_ = self._get_init_params(locals())
         # The attention kernel is not part of a checkpoint (the weights do not depend on it): a
         # model saved on a GPU with flash-attn loads on a CPU with the best kernel there.
@@ -353,6 +522,28 @@ class PertTX(ModelFilesMixin, SetupMixin, TrainingMixin, PredictionMixin, BaseMo
         """Vocabulary positions of the genes that perturbation labels name."""
         positions = self._label_gene_sets[self._label_gene_sets >= 0]
         return torch.from_numpy(np.unique(positions).astype(np.int64))
+
+    def _gene_tokens(self):
+        embedding = self.module.tokenizer.gene_embedding
+        if not embedding.has_table:
+            raise ValueError(
+                "this model has no pretrained gene-token table: build it with "
+                "PertTX(adata, gene_token_embedding=...)"
+            )
+        return embedding
+
+    def unfreeze_gene_tokens(self) -> None:
+        """Fine-tune the pretrained gene-token rows too (call before :meth:`train`).
+
+        The rows of the genes found in ``gene_token_embedding`` are fixed until then; after it
+        every gene token is trained, the pretrained ones starting from their vectors. The state
+        is saved with the model. See :meth:`freeze_gene_tokens`.
+        """
+        self._gene_tokens().unfreeze()
+
+    def freeze_gene_tokens(self) -> None:
+        """Fix the pretrained gene-token rows again (the default), at their current values."""
+        self._gene_tokens().freeze()
 
     def set_attention_backend(self, backend: str) -> None:
         """Switch the attention kernel (``"auto"``, ``"sdpa"``, ``"native"``, ``"flash"``).

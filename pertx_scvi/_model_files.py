@@ -49,7 +49,7 @@ ADATA, LEGACY_MODEL = "adata.h5ad", "model.pt"
 # Names (after the prefix) of this format's and scvi-tools' files: the old model's on overwrite.
 _OWN_FILES = re.compile(
     r"(manifest|model|registry|history)\.json|weights\.safetensors|gene_graph_\d+\.npz"
-    r"|(gene_embedding|id_table)\.npz|adata\.h5ad|mdata\.h5mu|model\.pt"
+    r"|(gene_embedding|gene_token_embedding|id_table)\.npz|adata\.h5ad|mdata\.h5mu|model\.pt"
 )
 # Attributes kept in files of their own, or rebuilt from the init parameters.
 _SPECIAL_ATTRIBUTES = {"init_params_", "registry_", "history_", "graph_setup_"}
@@ -160,6 +160,17 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             return {k: arrays[k] for k in arrays.files}
     except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
         raise ModelFileError(f"{path} is not a readable .npz table ({exc})") from exc
+
+
+def _table_arrays(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """A genes x dims table as arrays ``genes``, ``columns`` (text) and ``values`` (float32)."""
+    genes, columns = (np.asarray(x, dtype=str) for x in (frame.index, frame.columns))
+    return {"genes": genes, "columns": columns, "values": frame.to_numpy(dtype=np.float32)}
+
+
+def _table_from_arrays(arrays: dict[str, np.ndarray]) -> pd.DataFrame:
+    genes = pd.Index(arrays["genes"].astype(object), name="gene")
+    return pd.DataFrame(arrays["values"], index=genes, columns=arrays["columns"].astype(object))
 
 
 def _graph_arrays(graph: GeneGraph) -> dict[str, np.ndarray]:
@@ -291,6 +302,10 @@ def _table_files(model: Any, p: str, files: dict) -> tuple[dict, dict]:
     params = dict(model.init_params_["non_kwargs"])
     graph, table, ids = (params.pop(k, None) for k in ("gene_graph", "gene_embedding", "id_table"))
     tables: dict[str, Any] = {}
+    tokens = params.pop("gene_token_embedding", None)  # the rows the model kept: a DataFrame
+    if tokens is not None:
+        tables["gene_token_embedding"] = f"{p}gene_token_embedding.npz"
+        files[tables["gene_token_embedding"]] = _npz_writer(_table_arrays(load_gene_table(tokens)))
     if getattr(model, "graph_setup_", None) is None:  # label encoder: the inputs are unused
         return params, tables
     try:
@@ -306,12 +321,8 @@ def _table_files(model: Any, p: str, files: dict) -> tuple[dict, dict]:
                 files[name] = _npz_writer(_graph_arrays(g))
             tables["gene_graph"] = {"files": names, "list": isinstance(graph, list | tuple)}
         if table is not None:
-            frame = load_gene_table(table)
             tables["gene_embedding"] = f"{p}gene_embedding.npz"
-            genes, columns = (np.asarray(x, dtype=str) for x in (frame.index, frame.columns))
-            values = frame.to_numpy(dtype=np.float32)
-            arrays = {"genes": genes, "columns": columns, "values": values}
-            files[tables["gene_embedding"]] = _npz_writer(arrays)
+            files[tables["gene_embedding"]] = _npz_writer(_table_arrays(load_gene_table(table)))
     except OSError as exc:
         raise ModelFileError(
             f"cannot save the model's gene graph / tables: the model was built from a file that "
@@ -501,11 +512,9 @@ def _init_params(doc: dict, folder: Path) -> dict:
     if "gene_graph" in tables:
         graphs = [_graph_from_arrays(_read_npz(folder / f)) for f in tables["gene_graph"]["files"]]
         params["gene_graph"] = graphs if tables["gene_graph"]["list"] else graphs[0]
-    if "gene_embedding" in tables:
-        arrays = _read_npz(folder / tables["gene_embedding"])
-        genes = pd.Index(arrays["genes"].astype(object), name="gene")
-        columns = arrays["columns"].astype(object)
-        params["gene_embedding"] = pd.DataFrame(arrays["values"], index=genes, columns=columns)
+    for name in ("gene_embedding", "gene_token_embedding"):
+        if name in tables:
+            params[name] = _table_from_arrays(_read_npz(folder / tables[name]))
     return params
 
 

@@ -456,6 +456,11 @@ class PredictionMixin:
             Prediction batch size; seed of the control split, the prediction and the
             strong-effect splits.
 
+        With a registered ``cell_type_key`` every perturbation is scored in each cell type
+        where it has cells, against that cell type's own controls (split per cell type), with
+        baselines fitted per cell type (``baselines`` must then be names); the table gains a
+        ``context`` column.
+
         Returns
         -------
         Tidy DataFrame (method, perturbation, metric, value, strong_effect, ...), also stored
@@ -504,12 +509,35 @@ class PredictionMixin:
             train_mask = np.zeros(target.n_obs, dtype=bool)
             train_mask[np.concatenate([self.train_indices, self.validation_indices])] = True
             trained_controls = train_mask & (labels == control)
+        # Several cell types: a perturbation is scored in every cell type where it has cells,
+        # against that cell type's own controls (split per cell type) and baselines.
+        context_key = setup["cell_type_key"]
         fit, reference = metrics.control_masks(
-            data, key, control, trained_controls=trained_controls, split=split_controls, seed=seed
+            data,
+            key,
+            control,
+            trained_controls=trained_controls,
+            split=split_controls,
+            seed=seed,
+            context=context_key,
         )
-        predicted = self.predict_profiles(
-            data[fit], perturbations, batch_size=batch_size, seed=seed
-        )
+        if context_key is None:
+            predicted = self.predict_profiles(
+                data[fit], perturbations, batch_size=batch_size, seed=seed
+            )
+        else:  # each cell type's profiles from its own fitting controls
+            contexts = data.obs[context_key].astype(str).to_numpy()
+            frames = []
+            for context in pd.unique(contexts[np.isin(labels, perturbations)]):
+                here = [p for p in perturbations if ((labels == p) & (contexts == context)).any()]
+                profiles = self.predict_profiles(
+                    data[fit & (contexts == context)], here, batch_size=batch_size, seed=seed
+                )
+                names = ["context", "perturbation"]
+                frames.append(
+                    profiles.set_axis(pd.MultiIndex.from_product([[context], here], names=names))
+                )
+            predicted = pd.concat(frames)
         result = metrics.evaluate_heldout(
             {"PertTX": predicted},
             data,
@@ -526,6 +554,7 @@ class PredictionMixin:
             n_top_de=n_top_de,
             seed=seed,
             separator=setup["label_separator"],
+            context_key=context_key,
         )
         shared = bool((fit == reference).all())
         result.attrs["controls"] = (

@@ -1,4 +1,5 @@
-"""The ``pertx`` command: ``pertx demo`` and ``pertx benchmark``."""
+"""The ``pertx`` command: ``pertx demo``, ``pertx benchmark``, and the model on the command
+line: ``pertx train``, ``pertx predict``, ``pertx screen``."""
 
 from __future__ import annotations
 
@@ -50,6 +51,10 @@ def install_sigterm_handler():
 
 def _kept(command: str, out: Path) -> str:
     """What an interrupted command leaves in ``out``."""
+    if command == "train":
+        return f"the model was not saved to {out}"
+    if command in ("predict", "screen"):
+        return f"{out} was not written"
     if command == "benchmark":
         folds = sorted((out / "folds").glob("fold_*.json")) if (out / "folds").is_dir() else []
         if not folds:
@@ -207,15 +212,19 @@ def main(argv: list[str] | None = None) -> int:
     from .benchmark import add_benchmark_arguments, run_benchmark
 
     add_benchmark_arguments(benchmark)
+    from ._cli_model import COMMANDS, add_model_commands, quiet_lightning, run_model_command
+
+    add_model_commands(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     previous = install_sigterm_handler()
     try:
-        if args.command == "demo":
-            run_demo(args)
+        if args.command in COMMANDS:
+            run_model_command(args)  # quiet, input errors as one line
         else:
-            run_benchmark(args)
+            with quiet_lightning():
+                (run_demo if args.command == "demo" else run_benchmark)(args)
     except KeyboardInterrupt as error:  # Ctrl-C, SIGTERM, or training stopped by either
         sigterm = _terminated.is_set()
         cause = "SIGTERM" if sigterm else "Ctrl-C"

@@ -74,10 +74,10 @@ def simulated_cell_types():
 
 
 @pytest.fixture(scope="session")
-def tiny_screen():
-    """A tiny unregistered screen (copy it before changing or registering it): 40 genes, 60
-    controls, REG00-REG05 (10 cells each) and two combinations."""
-    adata, _, _ = px.datasets.simulate(
+def tiny_simulation():
+    """``(adata, truth, network)`` of a tiny screen: 40 genes, 60 controls, REG00-REG05 (10
+    cells each) and two combinations. Copy ``adata`` before changing or registering it."""
+    return px.datasets.simulate(
         n_genes=40,
         n_regulators=6,
         n_modules=2,
@@ -86,7 +86,12 @@ def tiny_screen():
         n_combinations=2,
         seed=1,
     )
-    return adata
+
+
+@pytest.fixture(scope="session")
+def tiny_screen(tiny_simulation):
+    """The tiny simulation's unregistered AnnData (copy it before changing or registering it)."""
+    return tiny_simulation[0]
 
 
 @pytest.fixture(scope="session")

@@ -9,16 +9,17 @@ import torch.nn.functional as F
 import pertx_scvi as px
 from pertx_scvi._graph_setup import (
     build_graph_setup,
-    cap_in_degree,
     make_perturbation_encoder,
     resolve_encoder_kind,
 )
+from pertx_scvi.graphs._gene_graph import cap_in_degree
 from pertx_scvi.module import (
     GraphTensors,
     MultiViewPerturbationEncoder,
     RelationalConv,
     RGCNPerturbationEncoder,
 )
+from pertx_scvi.module._relational_conv import relational_adjacency, slot_weights
 
 EPOCHS = 60
 SMALL_MODEL = {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_hidden": 64, "dropout": 0.0}
@@ -53,17 +54,13 @@ def _random_graph(n_nodes=60, n_edges=300, n_relations=2, seed=0) -> GraphTensor
 def test_relational_conv_matches_its_formula():
     torch.manual_seed(0)
     graph = _random_graph(n_nodes=12, n_edges=40, n_relations=3)
-    enc = RGCNPerturbationEncoder(12, 8, [graph], n_hops=1)
-    sub = enc._subgraph(0, torch.arange(12))
-    (layer,) = sub.layers
-    assert torch.equal(sub.subset, torch.arange(12)) and layer.n_dst == layer.n_src == 12
+    ei, et, w = graph.edge_index, graph.edge_type, graph.edge_weight
     conv = RelationalConv(8, 8, n_relations=3, n_bases=2)
     torch.nn.init.normal_(conv.bases)
     torch.nn.init.normal_(conv.lin_self.weight)
     x = torch.randn(12, 8, requires_grad=True)
-    out = conv(x, layer)
+    out = conv(x, ei, et, w)
 
-    ei, et, w = graph.edge_index, graph.edge_type, graph.edge_weight
     weight = torch.stack(
         [torch.einsum("b,bde->de", conv.comp[r], conv.bases) + torch.eye(8) for r in range(3)]
     )
@@ -77,13 +74,13 @@ def test_relational_conv_matches_its_formula():
                 coef = w[m] / w[m].sum()
                 expected[v, r] = scale[r] * (coef[:, None] * (x[ei[0, m]] @ weight[r])).sum(0)
                 has[v, r] = True
-    messages = conv.relation_messages(x, layer)
+    messages, has_relation = conv.relation_messages(x, ei, et, w)
     torch.testing.assert_close(messages, expected, atol=1e-5, rtol=1e-4)
     probe = torch.randn_like(expected)
     (grad,) = torch.autograd.grad((messages * probe).sum(), x)
     (grad_expected,) = torch.autograd.grad((expected * probe).sum(), x)
     torch.testing.assert_close(grad, grad_expected, atol=1e-5, rtol=1e-4)
-    assert torch.equal(layer.has_relation, has)
+    assert torch.equal(has_relation, has)
     score = torch.tanh(conv.att_message(expected) + conv.att_node(x)[:, None]) @ conv.att_query
     alpha = torch.softmax(score.masked_fill(~has, float("-inf")), 1).nan_to_num(0.0)
     torch.testing.assert_close(
@@ -91,6 +88,53 @@ def test_relational_conv_matches_its_formula():
     )
     # relation attention sums to one at nodes with in-edges
     assert torch.allclose(alpha.sum(1)[has.any(1)], torch.ones(int(has.any(1).sum())))
+    # unit weights by default
+    torch.testing.assert_close(conv(x, ei, et), conv(x, ei, et, torch.ones_like(w)))
+
+
+def test_relational_conv_fused_adjacency_equals_edge_index():
+    """The sparse slot adjacency (the encoder's cached layers) gives the outputs and gradients
+    of plain ``edge_index`` / ``edge_type`` propagation, also bipartite (targets first)."""
+    torch.manual_seed(0)
+    n_src, n_dst, n_rel = 30, 12, 3
+    graph = _random_graph(n_nodes=n_src, n_edges=150, n_relations=n_rel, seed=3)
+    keep = graph.edge_index[1] < n_dst
+    ei, et, w = graph.edge_index[:, keep], graph.edge_type[keep], graph.edge_weight[keep]
+    conv = RelationalConv(8, 8, n_relations=n_rel, n_bases=2)
+    for p in (conv.bases, conv.lin_self.weight, conv.att_query):
+        torch.nn.init.normal_(p)
+    x = torch.randn(n_src, 8)
+    slot = ei[1] * n_rel + et
+    norm = slot_weights(slot, w, n_dst * n_rel)
+    adj_t, adj = relational_adjacency(ei[0], slot, norm, n_dst * n_rel, n_src)
+    params = list(conv.parameters())
+
+    def run(*args, **kwargs):
+        leaf = x.clone().requires_grad_(True)
+        inputs = (leaf, leaf[:n_dst]) if args[0] == "pair" else leaf
+        out = conv(inputs, *args[1:], **kwargs)
+        probe = torch.linspace(-1, 1, out.numel()).view_as(out)
+        grads = torch.autograd.grad((out * probe).sum(), [leaf, *params])
+        return out, grads
+
+    plain, plain_grads = run("pair", ei, et, w)
+    assert plain.shape == (n_dst, 8)
+    for args, kwargs in (
+        (("x", ei, et, w), {"size": (n_src, n_dst)}),
+        (("x", adj_t), {"adj": adj}),  # fused, precomputed transpose
+        (("x", adj_t), {}),  # fused, torch's own backward
+        (("pair", adj_t), {"adj": adj}),
+    ):
+        out, grads = run(*args, **kwargs)
+        torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)
+        for g, g_plain in zip(grads, plain_grads, strict=True):
+            torch.testing.assert_close(g, g_plain, atol=1e-5, rtol=1e-5)
+    # edge weights get gradients on the edge_index path
+    weight = w.clone().requires_grad_(True)
+    conv((x, x[:n_dst]), ei, et, weight).sum().backward()
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="edge_type"):
+        conv(x, ei)
 
 
 def test_layers_update_only_the_nodes_they_need():
@@ -219,14 +263,23 @@ def test_table_only_genes_can_be_embedded():
 
 def test_link_prediction_regulariser():
     enc = RGCNPerturbationEncoder(60, 16, [_random_graph()], graph_weight=0.5)
-    assert RGCNPerturbationEncoder(60, 16, [_random_graph()]).regularization_loss() is None
+    off = RGCNPerturbationEncoder(60, 16, [_random_graph()])
+    assert off.embed_genes_for_loss(torch.tensor([1]))[1] is None
+    assert off.regularization_loss(None) is None
     enc.train()
-    enc.embed_genes(torch.tensor([1, 2, 3]))
-    loss = enc.regularization_loss()
+    vectors, links = enc.embed_genes_for_loss(torch.tensor([1, 2, 3]))
+    assert vectors.shape == (3, 16) and len(links) == 1 and links[0].view == 0
+    loss = enc.regularization_loss(links)
     assert loss.ndim == 0 and loss > 0
     loss.backward()
     assert enc.relation_vectors[0].grad is not None
-    assert enc.regularization_loss() == 0  # consumed
+    # the inputs come with the embeddings: none are kept by the encoder
+    assert enc.regularization_loss(None) == 0
+    members, links = enc.member_vectors(torch.tensor([[1, 2], [3, -1]]))
+    assert members.shape == (2, 2, 16) and len(links) == 1
+    assert enc.member_vectors(torch.tensor([[-1, -1]]))[1] is None  # controls only
+    enc.eval()
+    assert enc.embed_genes_for_loss(torch.tensor([1]))[1] is None
 
 
 # ---- setup ---------------------------------------------------------------------------------------

@@ -575,6 +575,121 @@ def test_to_pyg_real(go_graph, omnipath):
     assert d2.node_in_graph.tolist() == [True, True, False, True]
 
 
+def _edge_list(data) -> list[tuple]:
+    """(source, target, relation, weight, sign) of each edge of a to_pyg result, in order."""
+    names, rels = data.node_names, data.relation_names
+    return [
+        (names[s], names[t], rels[r], round(w, 6), sg)
+        for (s, t), r, w, sg in zip(
+            data.edge_index.T.tolist(),
+            data.edge_type.tolist(),
+            data.edge_weight.tolist(),
+            data.edge_sign.tolist(),
+            strict=True,
+        )
+    ]
+
+
+def test_to_pyg_reverse_relations_self_loops_and_cap():
+    directed = pd.DataFrame(
+        {
+            "source": ["A", "B", "C", "D", "C", "B"],
+            "target": ["C", "C", "C", "C", "A", "A"],
+            "weight": [0.5, 2.0, 9.0, 1.0, 3.0, 1.0],
+            "sign": [1, -1, 0, 1, 0, 1],
+        }
+    )
+    g = GeneGraph.from_edges(directed, weight="weight", sign="sign", relation="reg") | (
+        GeneGraph.from_edges(
+            pd.DataFrame({"source": ["A"], "target": ["B"]}), relation="sym", directed=False
+        )
+    )
+    order = ["A", "B", "C", "D", "E"]
+    data = g.to_pyg(genes=order, undirected=False, reverse_relations=True)
+    assert data.relation_names == ["reg", "sym", "reg~rev"]  # symmetric: no reverse relation
+    forward = [
+        ("A", "C", "reg", 0.5, 1),
+        ("B", "A", "reg", 1.0, 1),
+        ("B", "C", "reg", 2.0, -1),
+        ("C", "A", "reg", 3.0, 0),
+        ("C", "C", "reg", 9.0, 0),
+        ("D", "C", "reg", 1.0, 1),
+        ("A", "B", "sym", 1.0, 0),
+        ("B", "A", "sym", 1.0, 0),
+    ]
+    reverse = [(t, s, "reg~rev", w, sg) for s, t, r, w, sg in forward if r == "reg"]
+    assert _edge_list(data) == forward + reverse
+    assert data.node_in_graph.tolist() == [True, True, True, True, False]
+
+    no_loops = g.to_pyg(genes=order, undirected=False, reverse_relations=True, self_loops=False)
+    assert _edge_list(no_loops) == [e for e in forward + reverse if e[0] != e[1]]
+    # C has in-edges of "reg" from A, B, D (C -> C dropped first): the 2 heaviest stay
+    capped = g.to_pyg(
+        genes=order, undirected=False, reverse_relations=True, self_loops=False, max_neighbours=2
+    )
+    kept = [e for e in forward + reverse if e[0] != e[1] and e[:3] != ("A", "C", "reg")]
+    assert _edge_list(capped) == kept
+    # self-loops count when kept; equal weights: the first edge stays
+    one = g.to_pyg(genes=["A", "B", "C"], undirected=False, max_neighbours=1)
+    assert _edge_list(one) == [
+        ("C", "A", "reg", 3.0, 0),
+        ("C", "C", "reg", 9.0, 0),
+        ("A", "B", "sym", 1.0, 0),
+        ("B", "A", "sym", 1.0, 0),
+    ]
+    tie = GeneGraph.from_edges(pd.DataFrame({"source": ["Y", "X"], "target": ["Z", "Z"]}))
+    assert _edge_list(tie.to_pyg(undirected=False, max_neighbours=1)) == [
+        ("X", "Z", "custom", 1.0, 0)
+    ]
+    with pytest.raises(ValueError, match="undirected=False"):
+        g.to_pyg(reverse_relations=True)
+
+
+def _encoder_edges_stepwise(g: GeneGraph, genes: list[str], max_neighbours: int) -> list:
+    """Reference for to_pyg's encoder options: reverse relations, self-loop removal and the
+    in-degree cap applied one after the other to the plain directed tensors."""
+    from pertx_scvi.graphs._gene_graph import cap_in_degree
+
+    data = g.to_pyg(genes=genes, undirected=False)
+    ei, et, ew = data.edge_index.numpy(), data.edge_type.numpy(), data.edge_weight.numpy()
+    names = list(data.relation_names)
+    directed = g.edges.groupby("relation", observed=True)["directed"].any()
+    parts = [(ei, et, ew)]
+    for code, rel in enumerate(list(names)):
+        if directed.get(rel, False):
+            m = et == code
+            parts.append((ei[::-1, m], np.full(int(m.sum()), len(names)), ew[m]))
+            names.append(rel + "~rev")
+    ei, et, ew = (np.concatenate(p, axis=-1) for p in zip(*parts, strict=True))
+    loops = ei[0] == ei[1]
+    ei, et, ew = ei[:, ~loops], et[~loops], ew[~loops]
+    keep = cap_in_degree(ei, et, ew, max_neighbours)
+    return [ei[:, keep].tolist(), et[keep].tolist(), ew[keep].tolist(), names]
+
+
+def test_to_pyg_encoder_options_real(go_graph, omnipath, trrust):
+    rng = np.random.default_rng(0)
+    for g in (go_graph, omnipath, go_graph | omnipath | trrust):
+        genes = sorted(rng.choice(g.genes, size=int(0.8 * g.n_genes), replace=False))
+        genes.append("NOT_IN_GRAPH")
+        for cap in (32, 3):
+            data = g.to_pyg(
+                genes=genes,
+                undirected=False,
+                reverse_relations=True,
+                self_loops=False,
+                max_neighbours=cap,
+            )
+            got = [
+                data.edge_index.tolist(),
+                data.edge_type.tolist(),
+                data.edge_weight.tolist(),
+                data.relation_names,
+            ]
+            assert got == _encoder_edges_stepwise(g, genes, cap)
+    assert "omnipath_transcriptional~rev" in data.relation_names
+
+
 def test_shuffled(go_graph, omnipath):
     g = small_graph() | GeneGraph.from_edges(
         pd.DataFrame({"source": list("ABCDEFGH"), "target": list("BCDEFGHA")}), relation="ring"

@@ -20,17 +20,26 @@ Splits (:func:`kfold_perturbations`, :func:`gears_splits`):
   ``combo_seen0``, ``combo_seen1``, ``combo_seen2`` (the number of member genes that were
   perturbed alone in training).
 
+Context transfer (:func:`context_transfer`): on screens with several contexts (cell lines or
+types), (perturbation, context) pairs are held out so that each held-out perturbation was
+measured in the other contexts; PertTX predicts them from their own context's controls, beside
+``train_mean`` (per context) and ``other_contexts_mean`` (the perturbation's mean effect in the
+other contexts).
+
 Data sets and gene graphs are looked up by name (:func:`load_graph`, :func:`load_graphs`) under
 ``$PERTX_DATA_DIR`` (:func:`pertx_scvi.datasets.find_data_file`).
 """
 
 from ._cli import add_benchmark_arguments, run_benchmark
+from ._contexts import CONTEXT_BASELINES, ContextTransferResult, context_folds, context_transfer
 from ._run import BASELINE_NAMES, DEFAULTS, QUICK, benchmark
 from ._sources import GRAPH_FILES, QUICK_SIMULATION, load_graph, load_graphs
 from ._splits import SPLITS, SUBGROUPS, assign_subgroups, gears_splits, kfold_perturbations
 
 __all__ = [
     "BASELINE_NAMES",
+    "CONTEXT_BASELINES",
+    "ContextTransferResult",
     "DEFAULTS",
     "GRAPH_FILES",
     "QUICK",
@@ -40,6 +49,8 @@ __all__ = [
     "add_benchmark_arguments",
     "assign_subgroups",
     "benchmark",
+    "context_folds",
+    "context_transfer",
     "gears_splits",
     "kfold_perturbations",
     "load_graph",

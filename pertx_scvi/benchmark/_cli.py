@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
 
+from ..metrics import require_cell_eval
 from ._run import BASELINE_NAMES, DEFAULTS, QUICK, benchmark
 from ._sources import _split_names
 from ._splits import SPLITS
@@ -88,10 +90,25 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
         "as model.evaluate does), or the mean of log-normalised sampled counts",
     )
     evaluation.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a further PertTX argument (repeatable; VALUE read as JSON, else as text), e.g. "
+        "--model-option effect_retrieval=false --model-option gene_token_embedding=go",
+    )
+    evaluation.add_argument(
         "--shuffled-graph",
         action="store_true",
         help="also train PertTX on degree-preserving shuffled graphs (PertTX_shuffled_graph): "
         "does the graph's wiring help? Doubles the training time",
+    )
+    evaluation.add_argument(
+        "--cell-eval",
+        action="store_true",
+        help="also score each fold with cell-eval (PertTX and the train-mean prediction, "
+        "cell-eval's metrics and baseline-normalised score): cell_eval.csv, "
+        "cell_eval_score.csv and a summary.md section. Needs pip install pertx-scvi[celleval]",
     )
     evaluation.add_argument(
         "--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)"
@@ -146,6 +163,20 @@ def _command_line(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
+def _model_options(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings as keyword arguments (VALUE as JSON when it parses)."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"pertx benchmark: --model-option {item!r} is not KEY=VALUE")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
 def run_benchmark(args: argparse.Namespace) -> Path:
     """Run :func:`benchmark` with the options parsed by :func:`add_benchmark_arguments`.
 
@@ -155,6 +186,11 @@ def run_benchmark(args: argparse.Namespace) -> Path:
         The output folder.
     """
     command = _command_line(args)
+    if getattr(args, "cell_eval", False):
+        try:
+            require_cell_eval()
+        except ImportError as error:
+            raise SystemExit(f"pertx benchmark --cell-eval: {error}") from None
     return benchmark(
         args.data,
         out=args.out,
@@ -178,6 +214,8 @@ def run_benchmark(args: argparse.Namespace) -> Path:
         n_top_de=args.n_top_de,
         pertx_profile=args.pertx_profile,
         shuffled_graph=args.shuffled_graph,
+        model_options=_model_options(args.model_option),
+        cell_eval=args.cell_eval,
         n_boot=args.n_boot,
         data_dir=args.data_dir,
         threads=args.threads,

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -59,8 +60,9 @@ def _run_fold(
     id_table: Path | None = None,
     model_graph: Any = None,
     baseline_edges: dict[str, pd.DataFrame] | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Train and evaluate one fold: (metrics, profiles, deltas, history, info).
+    cell_eval: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any], dict | None]:
+    """Train and evaluate one fold: (metrics, profiles, deltas, history, info, cell_eval).
 
     ``controls`` are the fitting and reference control masks of
     :func:`pertx_scvi.metrics.control_masks`: PertTX trains on the fitting controls only and
@@ -69,7 +71,9 @@ def _run_fold(
     each; default ``graph``) is passed to PertTX as ``gene_graph=``; ``baseline_edges`` (name ->
     edge table) replaces ``graph`` for the graph-neighbour baselines, one of each per table. ``deltas`` holds the
     predicted Δ of every method and the observed Δ (rows ``"<method>|<label>"``), from which
-    the benchmark ranks all folds' perturbations together.
+    the benchmark ranks all folds' perturbations together. With ``cell_eval``, PertTX's
+    predicted cells and the train-mean prediction are also scored by cell-eval
+    (:func:`_cell_eval_fold`; otherwise the last item is ``None``).
     """
     import torch
 
@@ -90,6 +94,7 @@ def _run_fold(
         model_kwargs["gene_graph"] = model_graph
         if id_table is not None:
             model_kwargs["id_table"] = id_table
+    model_kwargs.update(settings.get("model_options", {}))
     model = PertTX(adata, **model_kwargs)
     started = time.perf_counter()
     model.train(
@@ -155,6 +160,13 @@ def _run_fold(
     measured = {p: any(g in genes for g in model._parse(p)) for p in held}
     result["target_measured"] = result["perturbation"].map(measured).astype(bool)
     history = _history_frame(model.history)
+    cell_eval_tables, cell_eval_s = None, None
+    if cell_eval and predictable:
+        started = time.perf_counter()
+        cell_eval_tables = _cell_eval_fold(
+            model, data, predictable, fit_controls, reference, train_cells, settings, seed
+        )
+        cell_eval_s = round(time.perf_counter() - started, 1)
     info = {
         "fold": fold,
         "held_out": held,
@@ -167,7 +179,91 @@ def _run_fold(
         "n_fit_controls": int(fit_controls.sum()),
         "n_reference_controls": int(reference.sum()),
     }
-    return result, profiles, delta_table, history, info
+    if cell_eval_s is not None:
+        info["cell_eval_seconds"] = cell_eval_s
+    return result, profiles, delta_table, history, info, cell_eval_tables
+
+
+def _cell_eval_fold(
+    model,
+    data: _Data,
+    perturbations: list[str],
+    fit_controls: np.ndarray,
+    reference: np.ndarray,
+    train_cells: np.ndarray,
+    settings: dict[str, Any],
+    seed: int,
+    chunk_size: int = 16,
+) -> dict[str, pd.DataFrame]:
+    """Score the fold with cell-eval: PertTX's predicted cells and the train-mean prediction
+    against the held-out cells.
+
+    PertTX predicts every held-out label from each fitting control (the values of
+    ``pertx_profile``: ``X``, or the log-normalised sampled counts), subsampled to as many
+    cells per label as were observed; its control cells are the fitting controls. The real
+    file holds the held-out cells and the reference controls. The train-mean prediction
+    (:func:`pertx_scvi.metrics.perturbed_mean_profile` of the fold's training cells, the
+    cells ``train_mean`` is fitted on) gets the same cells.
+
+    Returns
+    -------
+    dict
+        ``per_perturbation`` (method, perturbation, metric, value) and ``score`` (metric,
+        PertTX and train_mean means, ``from_baseline``: cell-eval's baseline-normalised score
+        of PertTX against train mean; the row ``avg_score``), and ``errors`` (a one-column
+        table of the metrics cell-eval could not compute).
+    """
+    import torch
+
+    adata, key, control = data.adata, data.perturbation_key, data.control_group
+    labels = adata.obs[key].astype(str).to_numpy()
+    n_real = pd.Series(labels).value_counts()
+    rng = np.random.default_rng(seed)
+    sources = adata[fit_controls]
+    parts = []
+    for start in range(0, len(perturbations), chunk_size):
+        chunk = perturbations[start : start + chunk_size]
+        prediction = model.predict_perturbation(sources, chunk, seed=seed)
+        predicted = prediction.obs["perturbation"].astype(str).to_numpy()
+        rows = []
+        for p in chunk:
+            idx = np.flatnonzero(predicted == p)
+            rows.append(rng.choice(idx, size=int(n_real[p]), replace=len(idx) < n_real[p]))
+        part = prediction[np.sort(np.concatenate(rows))].copy()
+        part.obs_names = [f"pred_{start}_{i}" for i in range(part.n_obs)]
+        parts.append(part)
+    pred = ad.concat(parts, merge="same") if len(parts) > 1 else parts[0]
+    held = np.isin(labels, perturbations)
+    fitting = train_cells & ~held & ((labels != control) | fit_controls)
+    separator = model._setup_args["label_separator"]
+    train_mean = metrics.perturbed_mean_profile(
+        adata[fitting], key, control, data.layer, separator=separator
+    )
+    scores = metrics.score_with_cell_eval(
+        pred,
+        adata[held | reference],
+        perturbation_key=key,
+        control_group=control,
+        baseline=train_mean,
+        pred_controls=sources,
+        layer=data.layer,
+        pred_layer="counts" if settings["pertx_profile"] == "sampled" else None,
+        num_threads=max(1, torch.get_num_threads()),
+    )
+    per_perturbation = scores.tidy("PertTX", "train_mean")
+    # cell-eval's means over the fold's perturbations, from which it normalises the score.
+    score = pd.DataFrame(
+        {
+            "PertTX": pd.to_numeric(scores.agg.loc["mean"], errors="coerce"),
+            "train_mean": pd.to_numeric(scores.baseline_agg.loc["mean"], errors="coerce"),
+        }
+    )
+    score = score.join(scores.score["from_baseline"], how="outer")
+    order = [*scores.score.index, *[m for m in score.index if m not in scores.score.index]]
+    score = score.reindex(order).rename_axis("metric").reset_index()
+    score["cell_eval_version"] = scores.version
+    errors = pd.DataFrame({"error": sorted(set(scores.errors))})
+    return {"per_perturbation": per_perturbation, "score": score, "errors": errors}
 
 
 def pool_discrimination(

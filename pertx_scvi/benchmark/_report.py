@@ -141,6 +141,7 @@ def _write_summary_md(
     infos: list[dict[str, Any]],
     metric_order: Sequence[str],
     paired: pd.DataFrame | None = None,
+    cell_eval: pd.DataFrame | None = None,
 ) -> None:
     lines = ["# PertTX benchmark", ""]
     lines += ["```", header["command"], "```", ""]
@@ -216,10 +217,67 @@ def _write_summary_md(
             f"{info.get('train_seconds', '?')} | {missing} |"
         )
     lines += ["", *_per_fold_tables(df, metric_order)]
+    if cell_eval is not None:
+        lines += _cell_eval_section(cell_eval, infos)
     notes = header.get("notes") or []
     if notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _cell_eval_section(score: pd.DataFrame, infos: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of the cell-eval scores (``cell_eval_score.csv``: per fold and metric,
+    cell-eval's means of PertTX and train mean and the baseline-normalised score)."""
+    versions = sorted({str(v) for v in score.get("cell_eval_version", pd.Series()).dropna()})
+    lines = [
+        "## cell-eval",
+        "",
+        f"Scored with cell-eval {', '.join(versions) or ''} on every fold "
+        "(`pertx_scvi.metrics.score_with_cell_eval`, profile `full`): PertTX's predicted cells "
+        "(as many per held-out perturbation as were observed, predicted from the fitting "
+        "controls, which are its control cells) and the train-mean prediction on the same "
+        "cells, against the held-out cells and the reference controls, in log1p(normalize_total "
+        "1e4) space. PertTX and train_mean: cell-eval's mean over a fold's perturbations, "
+        "averaged over the folds. `from_baseline`: cell-eval's baseline-normalised score of "
+        "PertTX against train mean (`cell_eval.score_agg_metrics`: 0 no better than train mean, "
+        "1 perfect, clipped at 0), mean of the folds; `avg_score` its mean over the metrics. "
+        "cell-eval ranks `discrimination_score_*` within a fold (PertTX's `discrimination` above "
+        "pools all folds). Per perturbation: `cell_eval.csv`; per fold: `cell_eval_score.csv`.",
+        "",
+    ]
+    if score.empty:
+        return [*lines, "No fold was scored (PertTX predicted none of the held-out labels).", ""]
+    metrics_order = list(pd.unique(score["metric"]))
+    if "avg_score" in metrics_order:
+        metrics_order.remove("avg_score")
+        metrics_order.insert(0, "avg_score")
+    means = score.groupby("metric")[["PertTX", "train_mean", "from_baseline"]].mean()
+    folds = sorted(pd.unique(score["fold"]))
+    lines += [
+        "| metric | PertTX | train_mean | from_baseline | from_baseline per fold |",
+        "|---|---|---|---|---|",
+    ]
+
+    def fmt(value: float) -> str:
+        return "" if pd.isna(value) else f"{value:.3f}"
+
+    for metric in metrics_order:
+        row = means.loc[metric]
+        part = score[score["metric"] == metric].set_index("fold")["from_baseline"]
+        per_fold = ", ".join(fmt(part.get(k, float("nan"))) or "-" for k in folds)
+        per_fold = "" if part.isna().all() else per_fold
+        name = f"**{metric}**" if metric == "avg_score" else metric
+        baseline = fmt(row["from_baseline"])
+        baseline = f"**{baseline}**" if metric == "avg_score" and baseline else baseline
+        lines.append(
+            f"| {name} | {fmt(row['PertTX'])} | {fmt(row['train_mean'])} | {baseline} | "
+            f"{per_fold} |"
+        )
+    errors = sorted({e for info in infos for e in info.get("cell_eval_errors", [])})
+    if errors:
+        lines += ["", "cell-eval could not compute (it skips these):", ""]
+        lines += [f"- {e}" for e in errors]
+    return [*lines, ""]
 
 
 PER_FOLD_METRICS = ("pearson_delta", "pearson_delta_top", "mse_top", "discrimination_fold")

@@ -64,6 +64,22 @@ def _resolve(value: Any, name: str, quick: bool) -> Any:
     return (QUICK if quick else DEFAULTS)[name]
 
 
+def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``PertTX`` keyword arguments of ``model_options``: plain values only (they are hashed
+    into the run's configuration and written to ``config.json``)."""
+    plain = (str, int, float, bool, type(None))
+    bad = {k: type(v).__name__ for k, v in options.items() if not isinstance(v, plain)}
+    if bad:
+        raise TypeError(
+            f"model_options takes plain values (str, number, bool, None), got {bad}; pass "
+            "tables and graphs by name or file path"
+        )
+    reserved = {"d_model", "n_layers", "n_heads", "gene_graph", "id_table"} & set(options)
+    if reserved:
+        raise ValueError(f"model_options {sorted(reserved)} have options of their own")
+    return dict(sorted(options.items()))
+
+
 def _config_hash(config: dict[str, Any]) -> str:
     text = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -114,6 +130,8 @@ def benchmark(
     n_top_de: int = 20,
     pertx_profile: str = "expected",
     shuffled_graph: bool = False,
+    model_options: dict[str, Any] | None = None,
+    cell_eval: bool = False,
     n_boot: int = 1000,
     data_dir: str | os.PathLike | None = None,
     threads: int | None = None,
@@ -179,6 +197,18 @@ def benchmark(
         graph (:meth:`GeneGraph.shuffled <pertx_scvi.GeneGraph.shuffled>`), reported as
         ``PertTX_shuffled_graph``: whether the graph's wiring, not merely its presence, is what
         helps. Doubles the training time.
+    model_options
+        Further :class:`~pertx_scvi.PertTX` keyword arguments with plain values, e.g.
+        ``{"effect_retrieval": False}`` or ``{"gene_token_embedding": "go"}`` (ablations);
+        part of the run's configuration hash.
+    cell_eval
+        Also score each fold with cell-eval (the optional extra: ``pip install
+        pertx-scvi[celleval]``; checked before anything is trained): PertTX's predicted cells
+        and the train-mean prediction against the held-out cells
+        (:func:`pertx_scvi.metrics.score_with_cell_eval`), with cell-eval's baseline-normalised
+        score of PertTX against train mean. Writes ``cell_eval.csv`` (per perturbation),
+        ``cell_eval_score.csv`` (per fold) and a section of ``summary.md``. Not part of the
+        settings' hash: a cached fold without cell-eval results is recomputed.
     n_boot
         Bootstrap resamples of the intervals.
     data_dir
@@ -206,6 +236,8 @@ def benchmark(
         The output folder.
     """
     wall_start = time.perf_counter()
+    if cell_eval:
+        metrics.require_cell_eval()  # before anything is loaded or trained
     import torch
     from rich.console import Console
 
@@ -236,6 +268,8 @@ def benchmark(
             "pertx_profile": str(pertx_profile),
             "shuffled_graph": bool(shuffled_graph),
         }
+        if model_options:  # only when given, so that earlier runs keep their config hash
+            settings["model_options"] = _plain_options(model_options)
         unknown = [b for b in settings["baselines"] if b not in BASELINE_NAMES]
         if unknown:
             raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINE_NAMES)}")
@@ -335,9 +369,13 @@ def benchmark(
         if not overwrite:
             _check_cache(folds_dir, digest)
         folds_dir.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps({**config, "hash": digest}, indent=2) + "\n")
+        (out / "config.json").write_text(
+            json.dumps({**config, "hash": digest, "cell_eval": bool(cell_eval)}, indent=2) + "\n"
+        )
 
         results, profile_frames, delta_frames, histories, infos = [], [], [], {}, []
+        cell_eval_frames: list[pd.DataFrame] = []
+        cell_eval_scores: list[pd.DataFrame] = []
         n_cached = 0
         from rich.progress import (
             BarColumn,
@@ -364,7 +402,11 @@ def benchmark(
                 profiles_path = folds_dir / f"fold_{k}_profiles.csv.gz"
                 history_path = folds_dir / f"fold_{k}_history.csv"
                 deltas_path = folds_dir / f"fold_{k}_deltas.csv.gz"
+                cell_eval_path = folds_dir / f"fold_{k}_cell_eval.csv.gz"
+                cell_eval_score_path = folds_dir / f"fold_{k}_cell_eval_score.csv"
                 cached = csv_path.exists() and info_path.exists() and deltas_path.exists()
+                if cell_eval:
+                    cached = cached and cell_eval_path.exists() and cell_eval_score_path.exists()
                 if cached and not overwrite:
                     info = json.loads(info_path.read_text())
                     results.append(pd.read_csv(csv_path))
@@ -373,6 +415,9 @@ def benchmark(
                         profile_frames.append(pd.read_csv(profiles_path))
                     if history_path.exists():
                         histories[k] = pd.read_csv(history_path, index_col="epoch")
+                    if cell_eval:
+                        cell_eval_frames.append(pd.read_csv(cell_eval_path))
+                        cell_eval_scores.append(pd.read_csv(cell_eval_score_path))
                     infos.append(info)
                     n_cached += 1
                     console.log(f"fold {k}: cached ({csv_path}), skipped")
@@ -393,7 +438,7 @@ def benchmark(
 
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
-                    result, profiles, deltas, history, info = _run_fold(
+                    result, profiles, deltas, history, info, cell_eval_tables = _run_fold(
                         k,
                         held,
                         loaded,
@@ -405,11 +450,12 @@ def benchmark(
                         id_table,
                         model_graph,
                         baseline_edges,
+                        cell_eval=cell_eval,
                     )
                     if shuffled_model_graph is not None:
                         bars.reset(epoch_task, total=settings["epochs"])
                         bars.update(epoch_task, description=f"fold {k} epochs (shuffled graph)")
-                        shuffled_result, _, shuffled_deltas, _, shuffled_info = _run_fold(
+                        shuffled_result, _, shuffled_deltas, _, shuffled_info, _ = _run_fold(
                             k,
                             held,
                             loaded,
@@ -446,6 +492,17 @@ def benchmark(
                     profiles_path,
                     lambda p, f=profiles: f.to_csv(p, index=False, compression="gzip"),
                 )
+                if cell_eval:
+                    per_label, fold_score = _cell_eval_frames(k, cell_eval_tables, info)
+                    _write_atomic(
+                        cell_eval_path,
+                        lambda p, f=per_label: f.to_csv(p, index=False, compression="gzip"),
+                    )
+                    _write_atomic(
+                        cell_eval_score_path, lambda p, f=fold_score: f.to_csv(p, index=False)
+                    )
+                    cell_eval_frames.append(per_label)
+                    cell_eval_scores.append(fold_score)
                 info_path.write_text(json.dumps(info, indent=2) + "\n")
                 _write_atomic(csv_path, lambda p, r=result: r.to_csv(p, index=False))
                 results.append(result)
@@ -512,7 +569,8 @@ def benchmark(
                 f"yes ({len(graph_parts)} view(s))"
             ),
             "model": f"PertTX d_model={settings['d_model']}, n_layers={settings['n_layers']}, "
-            f"n_heads={settings['n_heads']}",
+            f"n_heads={settings['n_heads']}"
+            + "".join(f", {k}={v!r}" for k, v in settings.get("model_options", {}).items()),
             "training": f"{settings['epochs']} epochs, batch size {settings['batch_size']}, "
             f"lr {settings['lr']:g}, validation share {settings['validation_size']:g}, "
             f"{n_threads} torch thread(s)",
@@ -521,7 +579,23 @@ def benchmark(
             "metrics": f"log1p(normalize_total 1e4) space, top {settings['n_top_de']} DE genes",
             "notes": notes,
         }
-        _write_summary_md(out / "summary.md", summary, df, header, infos, metric_order, paired)
+        cell_eval_score = None
+        if cell_eval:
+            pd.concat(cell_eval_frames, ignore_index=True).to_csv(
+                out / "cell_eval.csv", index=False
+            )
+            cell_eval_score = pd.concat(cell_eval_scores, ignore_index=True)
+            cell_eval_score.to_csv(out / "cell_eval_score.csv", index=False)
+        _write_summary_md(
+            out / "summary.md",
+            summary,
+            df,
+            header,
+            infos,
+            metric_order,
+            paired,
+            cell_eval=cell_eval_score,
+        )
         if plots:
             profiles_all = pd.concat(profile_frames, ignore_index=True) if profile_frames else None
             _plot_all(
@@ -536,6 +610,23 @@ def benchmark(
         return out
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _cell_eval_frames(
+    fold: int, tables: dict[str, pd.DataFrame] | None, info: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One fold's cell-eval tables with a ``fold`` column (empty when PertTX predicted none of
+    the fold's labels); its errors go to ``info["cell_eval_errors"]``."""
+    if tables is None:
+        per_label = pd.DataFrame(columns=["method", "perturbation", "metric", "value"])
+        score = pd.DataFrame(columns=["metric", "PertTX", "train_mean", "from_baseline"])
+        info["cell_eval_errors"] = ["PertTX predicted none of the fold's labels"]
+    else:
+        per_label, score = tables["per_perturbation"].copy(), tables["score"].copy()
+        info["cell_eval_errors"] = list(tables["errors"]["error"])
+    per_label.insert(0, "fold", fold)
+    score.insert(0, "fold", fold)
+    return per_label, score
 
 
 def _python_call(data: Any, out: Path, quick: bool) -> str:

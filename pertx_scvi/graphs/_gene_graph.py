@@ -19,6 +19,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PathLike = L.PathLike
 
+REVERSE_SUFFIX = "~rev"
+"""Suffix of the name of a directed relation's reverse (:meth:`GeneGraph.to_pyg`)."""
+
 
 class GeneGraph(GraphReadersMixin):
     """A multi-relational gene graph kept as an edge table.
@@ -393,8 +396,15 @@ class GeneGraph(GraphReadersMixin):
         genes: Sequence[str] | pd.Index | None = None,
         undirected: bool = True,
         relations: Sequence[str] | None = None,
+        reverse_relations: bool = False,
+        self_loops: bool = True,
+        max_neighbours: int | None = None,
     ) -> Data:
         """The graph as a :class:`torch_geometric.data.Data`.
+
+        The edges are selected in numpy and converted to torch once, in this order: rows among
+        ``genes`` and ``relations``, reverse edges (``undirected``, symmetric relations),
+        reverse relations, self-loop removal, in-degree cap.
 
         Parameters
         ----------
@@ -409,6 +419,16 @@ class GeneGraph(GraphReadersMixin):
         relations
             Relations to include, in this order (their codes are the positions); default: all,
             sorted.
+        reverse_relations
+            Give the reverse of each directed relation (one with a directed row) a relation of
+            its own, ``"<relation>~rev"`` (:data:`REVERSE_SUFFIX`), coded after the others: a
+            regulator then hears from its targets and a target from its regulators through
+            different transforms. Needs ``undirected=False``.
+        self_loops
+            Keep edges from a gene to itself.
+        max_neighbours
+            Keep, per target and relation, the ``max_neighbours`` heaviest in-edges (ties: the
+            first in edge order); None: all. Hub genes of OmniPath have thousands.
 
         Returns
         -------
@@ -416,12 +436,15 @@ class GeneGraph(GraphReadersMixin):
             ``edge_index`` (long, 2 x E; row 0 source, row 1 target), ``edge_type`` (long,
             position in ``relation_names``), ``edge_weight`` (float32), ``edge_sign`` (long,
             +1 / -1 / 0), ``num_nodes``, ``node_names`` (list of str), ``relation_names`` (list
-            of str) and ``node_in_graph`` (bool, num_nodes: the node has an edge in this
-            graph). Edges are sorted by (type, source, target).
+            of str) and ``node_in_graph`` (bool, num_nodes: the node has one of the returned
+            edges). Edges are sorted by (type, source, target); a reverse relation's edges
+            follow the order of its forward edges.
         """
         import torch
         from torch_geometric.data import Data
 
+        if reverse_relations and undirected:
+            raise ValueError("reverse_relations needs undirected=False (reverses are in already)")
         rel_names = self.relations if relations is None else list(relations)
         unknown = [r for r in rel_names if r not in self.relations]
         if unknown:
@@ -443,6 +466,8 @@ class GeneGraph(GraphReadersMixin):
         w = self._edges["weight"].to_numpy()
         sg = self._edges["sign"].to_numpy()
         directed = self._edges["directed"].to_numpy()
+        # Directed relations are judged on the whole table, not on the rows among ``genes``.
+        directed_codes = np.unique(r[directed & (r >= 0)])
         keep = (s >= 0) & (t >= 0) & (r >= 0)
         s, t, r, w, sg, directed = s[keep], t[keep], r[keep], w[keep], sg[keep], directed[keep]
         rev = np.ones(len(s), dtype=bool) if undirected else ~directed
@@ -454,17 +479,33 @@ class GeneGraph(GraphReadersMixin):
         n = len(nodes)
         key = (typ * n + src) * n + dst
         _, first = np.unique(key, return_index=True)  # sorted keys; first = stored edge
+        src, dst, typ = src[first], dst[first], typ[first]
+        wt, sgn = wt[first].astype(np.float32), sgn[first].astype(np.int64)
+        rel_names = list(rel_names)
+        if reverse_relations:
+            parts = [(src, dst, typ, wt, sgn)]
+            for code in directed_codes:
+                m = typ == code
+                parts.append((dst[m], src[m], np.full(int(m.sum()), len(rel_names)), wt[m], sgn[m]))
+                rel_names.append(rel_names[code] + REVERSE_SUFFIX)
+            src, dst, typ, wt, sgn = (np.concatenate(p) for p in zip(*parts, strict=True))
+        keep = np.ones(len(src), dtype=bool) if self_loops else src != dst
+        if max_neighbours:
+            keep[keep] = cap_in_degree(
+                np.stack([src[keep], dst[keep]]), typ[keep], wt[keep], max_neighbours
+            )
+        src, dst, typ, wt, sgn = src[keep], dst[keep], typ[keep], wt[keep], sgn[keep]
         has_edge = np.zeros(n, dtype=bool)
-        has_edge[src[first]] = True
-        has_edge[dst[first]] = True
+        has_edge[src] = True
+        has_edge[dst] = True
         return Data(
-            edge_index=torch.from_numpy(np.stack([src[first], dst[first]])),
-            edge_type=torch.from_numpy(typ[first]),
-            edge_weight=torch.from_numpy(wt[first].astype(np.float32)),
-            edge_sign=torch.from_numpy(sgn[first].astype(np.int64)),
+            edge_index=torch.from_numpy(np.stack([src, dst])),
+            edge_type=torch.from_numpy(typ),
+            edge_weight=torch.from_numpy(wt),
+            edge_sign=torch.from_numpy(sgn),
             num_nodes=n,
             node_names=nodes.tolist(),
-            relation_names=list(rel_names),
+            relation_names=rel_names,
             node_in_graph=torch.from_numpy(has_edge),
         )
 
@@ -516,6 +557,27 @@ class GeneGraph(GraphReadersMixin):
             edges = L.merge_duplicates(edges)
         rep.n_edges_kept = len(edges)
         return GeneGraph(edges, self._reports + [rep])
+
+
+def cap_in_degree(
+    edge_index: np.ndarray,
+    edge_type: np.ndarray,
+    edge_weight: np.ndarray,
+    max_neighbours: int | None,
+) -> np.ndarray:
+    """Mask keeping, per (target, relation), the ``max_neighbours`` heaviest in-edges.
+
+    Ties go to the edge that comes first; None or 0: keep all.
+    """
+    if max_neighbours is None or max_neighbours <= 0 or not len(edge_type):
+        return np.ones(len(edge_type), dtype=bool)
+    order = np.lexsort((-edge_weight, edge_type, edge_index[1]))
+    group = edge_index[1][order].astype(np.int64) * (int(edge_type.max()) + 1) + edge_type[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(group)) + 1]
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    keep = np.zeros(len(order), dtype=bool)
+    keep[order[rank < max_neighbours]] = True
+    return keep
 
 
 def _repair_rewiring(

@@ -18,6 +18,9 @@ observed Δ do not share control noise)::
     )
     pm.summarize(df, by_strong_effect=True)
 
+Predictions and held-out cells can also be scored by cell-eval (optional extra ``celleval``):
+:func:`to_cell_eval` writes the AnnData pair it reads, :func:`score_with_cell_eval` runs it.
+
 Nothing in this subpackage imports torch.
 """
 
@@ -36,7 +39,16 @@ from ._baselines import (
     training_profiles,
 )
 from ._ceiling import SplitHalfCeiling
-from ._heldout import control_masks, evaluate_heldout, pooled_discrimination
+from ._cell_eval import CellEvalScores, require_cell_eval, score_with_cell_eval, to_cell_eval
+from ._heldout import (
+    CONTEXT_BASELINES,
+    context_labels,
+    context_pairs,
+    control_masks,
+    evaluate_heldout,
+    other_contexts_mean,
+    pooled_discrimination,
+)
 from ._metrics import (
     benjamini_hochberg,
     de_gene_overlap,
@@ -93,7 +105,11 @@ __all__ = [
     "lower_is_better",
     "metric_names",
     "target_gene_positions",
+    "CONTEXT_BASELINES",
+    "context_labels",
+    "context_pairs",
     "control_masks",
+    "other_contexts_mean",
     "evaluate_heldout",
     # baselines
     "Baseline",
@@ -109,4 +125,9 @@ __all__ = [
     "BASELINE_NAMES",
     "fit_baselines",
     "go_gene_embedding",
+    # cell-eval interoperability (the optional extra celleval)
+    "to_cell_eval",
+    "score_with_cell_eval",
+    "require_cell_eval",
+    "CellEvalScores",
 ]

@@ -192,7 +192,7 @@ def top_genes(score: np.ndarray, n: int) -> np.ndarray:
 def de_gene_overlap(pred_delta: np.ndarray, obs_de_genes: Sequence[int]) -> float:
     """Overlap of the predicted and observed DE genes.
 
-    With ``O`` the observed DE gene set (``k = |O|``, typically the top-N by |t| among the genes
+    With ``O`` the observed DE gene set (``k = |O|``, typically the top-N by ``|t|`` among the genes
     with BH FDR < 0.05, so ``k <= N``) and ``P`` the ``k`` genes with largest ``|Δ̂|``, the
     overlap is ``|P ∩ O| / k``: 1 for a perfect ranking, about ``k / n_genes`` for a random one.
     When fewer than N genes are significant the predicted set shrinks to the same ``k``; when

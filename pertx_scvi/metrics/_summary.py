@@ -202,7 +202,7 @@ def compare(
     perturbations
         Labels to evaluate (default: every non-control label with cells in ``adata_eval``).
     de_method
-        Ranking of DE genes: ``"welch"`` (|t|) or ``"abs_delta"`` (|Δ|). Significance for
+        Ranking of DE genes: ``"welch"`` (``|t|``) or ``"abs_delta"`` (``|Δ|``). Significance for
         ``de_overlap`` always uses the Welch p-values.
     fdr
         BH FDR threshold for the observed DE genes of ``de_overlap``.

@@ -6,9 +6,9 @@ STRING...), starting from per-gene input vectors that are either pretrained (a g
 table, frozen) or learned. Genes never perturbed in training are embedded through their
 neighbours, so unseen genes are predicted rather than refused.
 
-- :class:`RelationalConv`: one propagation step over a multi-relational graph (a
-  :class:`torch_geometric.nn.MessagePassing` layer): per-relation transforms with basis
-  decomposition, the source edge weights (a weighted mean per relation) times a learned
+- :class:`~pertx_scvi.module.RelationalConv`: one propagation step over a multi-relational
+  graph (a :class:`torch_geometric.nn.MessagePassing` layer): per-relation transforms with
+  basis decomposition, the source edge weights (a weighted mean per relation) times a learned
   per-relation weight, and attention over relations per node.
 - :class:`RelationalGNN`: K such steps with residual connections.
 - :class:`RGCNPerturbationEncoder`: one (multi-relational) graph.
@@ -19,24 +19,30 @@ Each step only runs on the genes it needs: the K-hop computation subgraph of the
 (:func:`torch_geometric.utils.k_hop_subgraph`, edges into the nodes within K-1 hops), cached;
 during training the subgraph of all trained genes is built once and reused every step. Nodes
 are ordered by hop, and layer k only updates the nodes within K-k hops (as PyG's
-``trim_to_layer`` does for neighbour-sampled batches), so the outer hop costs one gather.
+``trim_to_layer`` does for neighbour-sampled batches), so the outer hop costs one gather. The
+sparse adjacency of each step is built with the subgraph, so that a step is one sparse x dense
+product.
+
+The link-prediction regulariser reads the first step's outputs:
+:meth:`GraphPerturbationEncoder.embed_genes_for_loss` returns them with the embeddings
+(:class:`LinkInputs`), for :meth:`GraphPerturbationEncoder.regularization_loss`.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_geometric.nn import MessagePassing
-from torch_geometric.utils import degree, k_hop_subgraph, scatter, to_torch_csr_tensor
+from torch_geometric.utils import k_hop_subgraph
 
 from ._pert_encoder import PerturbationEncoder
+from ._relational_conv import RelationalConv, relational_adjacency, slot_weights, slots_with_edges
 
 _CACHE_SIZE = 32
 
@@ -76,9 +82,8 @@ class _Layer:
 
     n_src: int
     n_dst: int
-    adjacency: torch.Tensor  # sparse CSR (n_dst * R, n_src): normalised weights, row t*R + r
-    adjacency_t: torch.Tensor  # its transpose, CSR (for the backward pass)
-    has_relation: torch.Tensor  # (n_dst, R) bool: target has in-edges of that relation
+    adj_t: torch.Tensor  # sparse CSR (n_dst * R, n_src): normalised weights, row t*R + r
+    adj: torch.Tensor  # its transpose, CSR (for the backward pass)
 
 
 @dataclass
@@ -92,127 +97,12 @@ class _Subgraph:
     has_edge: torch.Tensor  # (n_seeds,) bool: the seed has an in-edge
 
 
-class _SparseMatmul(torch.autograd.Function):
-    """``A @ x`` for a constant sparse CSR ``A`` whose transpose is precomputed (the backward
-    pass is then ``A^T @ grad`` without converting ``A`` at every step)."""
+class LinkInputs(NamedTuple):
+    """What the link-prediction regulariser needs of one view's propagation in a step."""
 
-    @staticmethod
-    def forward(ctx, adjacency, adjacency_t, x):
-        ctx.adjacency_t = adjacency_t
-        return torch.sparse.mm(adjacency, x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return None, None, torch.sparse.mm(ctx.adjacency_t, grad)
-
-
-class RelationalConv(MessagePassing):
-    """One propagation over a multi-relational graph with relation attention per node.
-
-    For node ``v`` and relation ``r`` with in-neighbours ``N_r(v)``:
-
-    ``m_vr = s_r * W_r sum_{u in N_r(v)} (w_uv / sum_{u' in N_r(v)} w_u'v) h_u``
-
-    with ``W_r = I + sum_b a_rb B_b`` (basis decomposition around the identity), ``w`` the
-    source's edge weights and ``s_r = softplus(theta_r)`` a learned per-relation weight.
-    Relations are weighed per node by attention, ``alpha_vr = softmax_r(q . tanh(A m_vr +
-    C h_v))`` over the relations that reach ``v``, and
-
-    ``out_v = (I + W_self) h_v + sum_r alpha_vr m_vr``.
-
-    The bases and ``W_self`` start at zero (and weight decay pulls them back there), so that the
-    layer starts as a weighted average of the node and its neighbours: with few perturbed genes
-    to learn from, a free transform learns to recognise each trained gene by its neighbourhood
-    instead of learning what neighbours share. (When ``d_in != d_out`` there is no identity.)
-
-    All relations go through a single :meth:`propagate` call into (node, relation) slots, as a
-    sparse adjacency (rows ``target * R + relation``, :meth:`message_and_aggregate`), then one
-    batched transform per relation (aggregate first: the transform runs on target nodes only).
-    Bipartite: sources are the first ``n_src`` rows of ``x``, targets the first ``n_dst``.
-
-    Parameters
-    ----------
-    d_in, d_out
-        Input and output widths.
-    n_relations
-        Number of relations.
-    n_bases
-        Number of shared bases of the relation transforms (capped at ``n_relations``).
-    """
-
-    def __init__(self, d_in: int, d_out: int, n_relations: int, n_bases: int = 4):
-        super().__init__(aggr="add")
-        self.d_in, self.d_out = d_in, d_out
-        self.n_relations = n_relations
-        self.n_bases = max(1, min(n_bases, n_relations))
-        self.bases = nn.Parameter(torch.empty(self.n_bases, d_in, d_out))
-        self.comp = nn.Parameter(torch.empty(n_relations, self.n_bases))
-        # softplus(theta) = 1 at initialisation
-        self.relation_weight = nn.Parameter(torch.full((n_relations,), math.log(math.e - 1.0)))
-        self.identity = d_in == d_out
-        self.lin_self = nn.Linear(d_in, d_out)
-        self.att_message = nn.Linear(d_out, d_out, bias=False)
-        self.att_node = nn.Linear(d_in, d_out)
-        self.att_query = nn.Parameter(torch.empty(d_out))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        nn.init.constant_(self.comp, 1.0 / math.sqrt(self.n_bases))
-        self.lin_self.reset_parameters()
-        if self.identity:
-            nn.init.zeros_(self.bases)
-            nn.init.zeros_(self.lin_self.weight)
-            nn.init.zeros_(self.lin_self.bias)
-        else:
-            nn.init.xavier_uniform_(self.bases)
-        self.att_message.reset_parameters()
-        self.att_node.reset_parameters()
-        nn.init.normal_(self.att_query, std=1.0 / math.sqrt(self.d_out))
-
-    def relation_weights(self) -> torch.Tensor:
-        """(R, d_in, d_out) relation transforms from the bases."""
-        weights = torch.einsum("rb,bde->rde", self.comp, self.bases)
-        if self.identity:
-            weights = weights + torch.eye(self.d_in, device=weights.device)
-        return weights
-
-    def relation_messages(self, x: torch.Tensor, layer: _Layer) -> torch.Tensor:
-        """(n_dst, R, d_out) weighted-mean messages per target and relation, times ``s_r``."""
-        n_rel = self.n_relations
-        pooled = self.propagate(layer.adjacency, x=x[: layer.n_src], adjacency_t=layer.adjacency_t)
-        pooled = pooled.view(layer.n_dst, n_rel, self.d_in).transpose(0, 1)
-        out = torch.bmm(pooled, self.relation_weights()).transpose(0, 1)
-        return out * F.softplus(self.relation_weight)[None, :, None]
-
-    def forward(self, x: torch.Tensor, layer: _Layer) -> torch.Tensor:
-        """Outputs (n_dst, d_out) of the first ``layer.n_dst`` nodes of ``x`` (n_src, d_in)."""
-        target = x[: layer.n_dst]
-        messages = self.relation_messages(x, layer)
-        score = torch.tanh(self.att_message(messages) + self.att_node(target)[:, None, :])
-        score = (score @ self.att_query).masked_fill(~layer.has_relation, float("-inf"))
-        alpha = torch.softmax(score, dim=1).nan_to_num(0.0)  # rows without relations: 0
-        own = self.lin_self(target) + (target if self.identity else 0.0)
-        return own + (alpha.unsqueeze(-1) * messages).sum(1)
-
-    def message(self, x_j: torch.Tensor, edge_weight: torch.Tensor) -> torch.Tensor:
-        return edge_weight.unsqueeze(-1) * x_j
-
-    def message_and_aggregate(
-        self, adj_t: torch.Tensor, x: torch.Tensor, adjacency_t: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        # Fused weighted sum over in-edges: a sparse (CSR) x dense product, much faster on CPU
-        # than gathering and scattering one message per edge. (``adj_t`` is PyG's name for the
-        # target x source adjacency; ``adjacency_t`` is its transpose.)
-        if adjacency_t is None:
-            return torch.sparse.mm(adj_t, x)
-        return _SparseMatmul.apply(adj_t, adjacency_t, x)
-
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__name__}({self.d_in}, {self.d_out}, "
-            f"relations={self.n_relations}, bases={self.n_bases})"
-        )
+    view: int
+    nodes: torch.Tensor  # (n, d) first-step outputs of the nodes within K-1 hops
+    subgraph: _Subgraph
 
 
 class RelationalGNN(nn.Module):
@@ -234,7 +124,7 @@ class RelationalGNN(nn.Module):
         within K-1 hops)."""
         first = None
         for conv, norm, layer in zip(self.convs, self.norms, sub.layers, strict=True):
-            x = norm(x[: layer.n_dst] + self.dropout(F.gelu(conv(x, layer))))
+            x = norm(x[: layer.n_dst] + self.dropout(F.gelu(conv(x, layer.adj_t, adj=layer.adj))))
             first = x if first is None else first
         return (x, first) if return_first else x
 
@@ -376,9 +266,7 @@ class GraphPerturbationEncoder(PerturbationEncoder):
             if ei.numel() and (ei.min() < 0 or ei.max() >= n_genes):
                 raise ValueError(f"graph view {g.name!r}: node ids outside [0, {n_genes})")
             n_rel = max(g.n_relations, 1)
-            flat_target = ei[1] * n_rel + et
-            total = scatter(ew, flat_target, dim=0, dim_size=n_genes * n_rel, reduce="sum")
-            norm = ew / total[flat_target].clamp(min=1e-12)
+            norm = slot_weights(ei[1] * n_rel + et, ew, n_genes * n_rel)
             self.register_buffer(f"_edge_index_{v}", ei, persistent=False)
             self.register_buffer(f"_edge_type_{v}", et, persistent=False)
             self.register_buffer(f"_edge_norm_{v}", norm, persistent=False)
@@ -387,7 +275,6 @@ class GraphPerturbationEncoder(PerturbationEncoder):
             self.relation_vectors.append(nn.Parameter(torch.ones(n_rel, d_model)))
         self.register_buffer("in_graph", in_graph)
         self._cache: OrderedDict = OrderedDict()
-        self._link_inputs: list[tuple[int, torch.Tensor, _Subgraph]] = []
 
     # ---- public API ---------------------------------------------------------------------------
     @property
@@ -416,21 +303,21 @@ class GraphPerturbationEncoder(PerturbationEncoder):
         if self.table is not None:
             self.table.requires_grad_(False)
 
-    def regularization_loss(self) -> torch.Tensor | None:
-        """``graph_weight`` x link-prediction loss on this step's node embeddings.
+    def regularization_loss(self, inputs: list[LinkInputs] | None) -> torch.Tensor | None:
+        """``graph_weight`` x link-prediction loss on a step's node embeddings.
 
-        Node embeddings: the output of the first propagation step, for the nodes within K-1 hops
-        of the step's genes. Positive pairs: edges among these nodes (sampled); negatives: the
-        same sources with random targets among them. Scores are DistMult
-        ``sum(h_u * r * h_v) / sqrt(d)`` with a learned vector per relation; binary
+        ``inputs``: what :meth:`embed_genes_for_loss` returned with the step's embeddings (None
+        outside training). Node embeddings: the output of the first propagation step, for the
+        nodes within K-1 hops of the step's genes. Positive pairs: edges among these nodes
+        (sampled); negatives: the same sources with random targets among them. Scores are
+        DistMult ``sum(h_u * r * h_v) / sqrt(d)`` with a learned vector per relation; binary
         cross-entropy.
         """
         if self.graph_weight <= 0:
             return None
-        inputs, self._link_inputs = self._link_inputs, []
         device = self.unknown.device
         losses = []
-        for v, x, sub in inputs:
+        for v, x, sub in inputs or []:
             n_edges = sub.edge_index.shape[1]
             if n_edges == 0:
                 continue
@@ -449,11 +336,17 @@ class GraphPerturbationEncoder(PerturbationEncoder):
 
     # ---- embedding ----------------------------------------------------------------------------
     def embed_genes(self, genes: torch.Tensor) -> torch.Tensor:
-        genes = genes.long()
-        self._link_inputs = []
-        seeds, rows = self._seeds_for(genes)
-        hidden = self._encode(seeds)
-        return self.output(hidden[rows])
+        return self.embed_genes_for_loss(genes)[0]
+
+    def embed_genes_for_loss(
+        self, genes: torch.Tensor
+    ) -> tuple[torch.Tensor, list[LinkInputs] | None]:
+        """Embeddings of ``genes`` and, in training with ``graph_weight``, the inputs of
+        :meth:`regularization_loss` (one per view)."""
+        links = [] if self.training and self.graph_weight > 0 else None
+        seeds, rows = self._seeds_for(genes.long())
+        hidden = self._encode(seeds, links)
+        return self.output(hidden[rows]), links
 
     def _seeds_for(self, genes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Seed set to encode and the rows of ``genes`` in it.
@@ -490,8 +383,9 @@ class GraphPerturbationEncoder(PerturbationEncoder):
         x = torch.where(known[:, None], x, self.unknown)
         return self.input_norm(x)
 
-    def _encode(self, seeds: torch.Tensor) -> torch.Tensor:
-        """(len(seeds), d_model) embeddings of sorted unique seeds, views fused.
+    def _encode(self, seeds: torch.Tensor, links: list[LinkInputs] | None = None) -> torch.Tensor:
+        """(len(seeds), d_model) embeddings of sorted unique seeds, views fused; the first-step
+        outputs of each view are appended to ``links`` when given.
 
         With ``self_dropout`` in training, each seed is taken as untrained (its learned vector
         hidden, everywhere in the subgraph) with probability ``self_dropout``: it is then
@@ -513,9 +407,9 @@ class GraphPerturbationEncoder(PerturbationEncoder):
                 mask = torch.zeros(len(sub.subset), dtype=torch.bool, device=seeds.device)
                 mask[: len(seeds)] = hidden
             x = self.node_inputs(sub.subset, mask)
-            if self.training and self.graph_weight > 0:
+            if links is not None:
                 h, first = gnn(x, sub, return_first=True)
-                self._link_inputs.append((v, first, sub))
+                links.append(LinkInputs(v, first, sub))
             else:
                 h = gnn(x, sub)
             outputs.append(h)
@@ -571,23 +465,16 @@ class GraphPerturbationEncoder(PerturbationEncoder):
         for k in range(1, self.n_hops + 1):
             n_dst, n_src = len(hops[self.n_hops - k]), len(hops[self.n_hops - k + 1])
             keep = dst < n_dst
-            flat = dst[keep] * n_rel + etype[keep]
-            in_degree = degree(flat, num_nodes=n_dst * n_rel).view(n_dst, n_rel)
-            index = torch.stack([flat, src[keep]])
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is beta"
-                adjacency = to_torch_csr_tensor(index, norm[keep], size=(n_dst * n_rel, n_src))
-                adjacency_t = to_torch_csr_tensor(
-                    index.flip(0), norm[keep], size=(n_src, n_dst * n_rel)
-                )
-            layers.append(_Layer(n_src, n_dst, adjacency, adjacency_t, in_degree > 0))
+            slot = dst[keep] * n_rel + etype[keep]
+            adj_t, adj = relational_adjacency(src[keep], slot, norm[keep], n_dst * n_rel, n_src)
+            layers.append(_Layer(n_src, n_dst, adj_t, adj))
         inside = (dst < layers[0].n_dst) & (src < layers[0].n_dst)  # first-step outputs exist
         return _Subgraph(
             subset=subset,
             layers=layers,
             edge_index=torch.stack([src[inside], dst[inside]]),
             edge_type=etype[inside],
-            has_edge=layers[-1].has_relation.any(1),
+            has_edge=slots_with_edges(layers[-1].adj_t, n_rel).any(1),
         )
 
     def _apply(self, fn, *args, **kwargs):
@@ -598,7 +485,6 @@ class GraphPerturbationEncoder(PerturbationEncoder):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_cache"] = OrderedDict()
-        state["_link_inputs"] = []
         return state
 
 

@@ -129,6 +129,11 @@ class PertTXModule(BaseModuleClass):
     retrieval_graphs, retrieval_leave_out
         Prior graph views over the perturbation genes through which untrained genes borrow
         effects (``None``: none) and the leave-out probability.
+    gene_token_table, gene_token_found
+        (n_genes, d_model) pretrained gene-token vectors and the (n_genes,) mask of the genes
+        that have one: those token rows start from the table and stay frozen until
+        ``tokenizer.gene_embedding.unfreeze()`` (a ``GeneHybridEmbedding``); ``None``: every
+        gene token learned.
 
     Notes
     -----
@@ -176,6 +181,8 @@ class PertTXModule(BaseModuleClass):
         retrieval_graphs: list[GraphTensors] | None = None,
         retrieval_leave_out: float = 0.5,
         log_normalized_input: bool = False,
+        gene_token_table: torch.Tensor | None = None,
+        gene_token_found: torch.Tensor | None = None,
     ):
         super().__init__()
         if likelihood not in ("nb", "zinb", "mse"):
@@ -230,7 +237,8 @@ class PertTXModule(BaseModuleClass):
         self.contrastive_temperature = contrastive_temperature
         self.triplet_margin = triplet_margin
 
-        self.tokenizer = ExpressionTokenizer(n_genes, d_model, dropout, value_encoding)
+        tables = {"gene_table": gene_token_table, "table_found": gene_token_found}
+        self.tokenizer = ExpressionTokenizer(n_genes, d_model, dropout, value_encoding, **tables)
         self.encoder = TransformerEncoder(
             d_model, n_heads, n_layers, d_hidden, dropout, attention_backend
         )
@@ -346,7 +354,6 @@ class PertTXModule(BaseModuleClass):
         values, _ = self.input_values(x)
         return self._encode(values, genes=self.select_genes(values))[0]
 
-
     def decode(self, z: torch.Tensor, gene_sets: torch.Tensor) -> torch.Tensor:
         """Link-space output of the next-cell decoder for sources ``z`` and perturbations."""
         return self.predict_next(z, gene_sets, heads=False)["output"]
@@ -356,12 +363,16 @@ class PertTXModule(BaseModuleClass):
     ) -> dict[str, torch.Tensor]:
         """Everything predicted for sources ``z`` (B, d) under padded ``gene_sets`` (B, K).
 
-        Returns ``output`` (decoder link space), ``dropout_logits`` (ZINB only) and, with
-        ``heads``, ``next_z`` (predicted next-cell embedding) where a next-cell head exists.
+        Returns ``output`` (decoder link space), ``dropout_logits`` (ZINB only), with
+        ``heads``, ``next_z`` (predicted next-cell embedding) where a next-cell head exists, and
+        ``regularization_inputs`` when the perturbation encoder returned inputs for its
+        ``regularization_loss`` (graph encoders in training).
         """
-        members = self.perturbation_encoder.member_vectors(gene_sets)
+        members, regularization_inputs = self.perturbation_encoder.member_vectors(gene_sets)
         pooled = self.perturbation_encoder.pool(members, gene_sets)
         out = {"output": self.decoder(z, members, pooled, gene_sets)}
+        if regularization_inputs is not None:
+            out["regularization_inputs"] = regularization_inputs
         if self.retrieval is not None:
             out["output"] = out["output"] + self.retrieval(gene_sets)
         if self.dropout_head is not None:
@@ -673,7 +684,9 @@ class PertTXModule(BaseModuleClass):
         expression = {name: self.loss_weights[name] * value for name, value in expression.items()}
         others = {name: self.loss_weights[name] * value for name, value in others.items()}
         total = sum(value.mean() for value in [*expression.values(), *others.values()])
-        regularization = self.perturbation_encoder.regularization_loss()
+        regularization = self.perturbation_encoder.regularization_loss(
+            generative_outputs.get("regularization_inputs")
+        )
         if regularization is not None:  # already weighted by the encoder's graph_weight
             others["graph"] = regularization
             total = total + regularization

@@ -2,8 +2,13 @@
 
 Subclasses only say how to embed single genes (:meth:`PerturbationEncoder.embed_genes`) and
 which genes they can embed (:meth:`PerturbationEncoder.can_embed`); pooling over the members
-of a combination of any size, with a learned interaction term, is shared.
+of a combination of any size, with a learned interaction term, is shared. An encoder with a
+training loss of its own returns what that loss needs with the embeddings
+(:meth:`PerturbationEncoder.embed_genes_for_loss`), and the model hands it back to
+:meth:`PerturbationEncoder.regularization_loss`: no state is kept between the two calls.
 """
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,19 +43,28 @@ class PerturbationEncoder(nn.Module):
         """Boolean mask over the vocabulary: genes this encoder gives a meaningful embedding."""
         return self.trained_genes
 
-    def regularization_loss(self) -> torch.Tensor | None:
-        """Optional extra training loss of the encoder (e.g. graph link prediction); None here."""
+    def embed_genes_for_loss(self, genes: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """:meth:`embed_genes` and the inputs of :meth:`regularization_loss` that come with
+        these embeddings (None here: no regulariser)."""
+        return self.embed_genes(genes), None
+
+    def regularization_loss(self, inputs: Any) -> torch.Tensor | None:
+        """Optional extra training loss of the encoder (e.g. graph link prediction) from the
+        ``inputs`` returned with a step's embeddings (:meth:`member_vectors`); None here."""
         return None
 
-    def member_vectors(self, gene_sets: torch.Tensor) -> torch.Tensor:
-        """Embeddings (batch, max_set_size, d_model) of each member gene, zero at padding."""
+    def member_vectors(self, gene_sets: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Embeddings (batch, max_set_size, d_model) of each member gene, zero at padding, and
+        the inputs of :meth:`regularization_loss` that come with them (None without members)."""
         valid = gene_sets >= 0
         out = torch.zeros(*gene_sets.shape, self.d_model, device=gene_sets.device)
+        inputs = None
         if valid.any():
             # Embed each distinct gene of the batch once, whatever the number of cells naming it.
             genes, inverse = torch.unique(gene_sets[valid], return_inverse=True)
-            out[valid] = self.embed_genes(genes)[inverse]
-        return out
+            vectors, inputs = self.embed_genes_for_loss(genes)
+            out[valid] = vectors[inverse]
+        return out, inputs
 
     def pool(self, members: torch.Tensor, gene_sets: torch.Tensor) -> torch.Tensor:
         """Set embedding: sum of members plus the interaction term for sets of 2+ genes."""
@@ -59,7 +73,7 @@ class PerturbationEncoder(nn.Module):
         return total + is_combination * self.interaction(total)
 
     def forward(self, gene_sets: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.member_vectors(gene_sets), gene_sets)
+        return self.pool(self.member_vectors(gene_sets)[0], gene_sets)
 
 
 class GeneEmbeddingPerturbationEncoder(PerturbationEncoder):

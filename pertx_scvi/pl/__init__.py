@@ -7,11 +7,15 @@ writes it with ``save=path``; ``show=True`` calls :func:`matplotlib.pyplot.show`
 * :func:`de_heatmap`: observed and predicted Δ on each perturbation's top DE genes.
 * :func:`loss_curves`: training and validation losses from ``model.history``.
 * :func:`umap`: UMAP of the PertTX cell embedding (``X_pertx``).
+* :func:`virtual_screen`: best-ranked candidates of
+  :meth:`PertTX.virtual_screen <pertx_scvi.PertTX.virtual_screen>` with their intervals
+  (returns the axes).
 """
 
 from ._effects import de_heatmap, effect_scatter
 from ._embedding import umap
+from ._screen import virtual_screen
 from ._summary import metric_bars
 from ._training import loss_curves
 
-__all__ = ["de_heatmap", "effect_scatter", "loss_curves", "metric_bars", "umap"]
+__all__ = ["de_heatmap", "effect_scatter", "loss_curves", "metric_bars", "umap", "virtual_screen"]

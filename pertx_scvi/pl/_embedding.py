@@ -62,7 +62,15 @@ def umap(
             "model.get_latent_representation() first"
         )
     if recompute or "X_umap" not in adata.obsm:
-        sc.pp.neighbors(adata, use_rep=use_rep, n_neighbors=n_neighbors, random_state=seed)
+        # Exact neighbours through scikit-learn: scanpy's default (pynndescent, used from 8,192
+        # cells on) fails with pynndescent 0.7 on scipy's sparse arrays.
+        sc.pp.neighbors(
+            adata,
+            use_rep=use_rep,
+            n_neighbors=n_neighbors,
+            random_state=seed,
+            transformer="sklearn",
+        )
         sc.tl.umap(adata, random_state=seed)
     fig = sc.pl.umap(adata, color=color, show=False, return_fig=True, **kwargs)
     return finish(fig, show, save)
