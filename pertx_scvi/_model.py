@@ -321,6 +321,11 @@ class PertTX(
         its trained graph neighbours (weights of the graphs and shrinkage fitted by leaving
         trained genes out in training; the graph-neighbour baseline on the model's own
         effects).
+    effect_warm_start
+        With ``effect_table``: :meth:`train` starts each trained single gene's effect at its
+        observed mean effect in the training cells (against controls of the same context), so
+        that training starts where the additive baseline is (and, through the retrieval, where
+        the graph-neighbour baseline is for untrained genes) instead of at zero.
     gene_token_embedding
         Pretrained vectors for the transformer's gene tokens (the measured genes; the
         perturbation side's table is ``gene_embedding``): a DataFrame genes x dims, a
@@ -395,6 +400,7 @@ class PertTX(
         graph_kwargs: dict | None = None,
         effect_table: bool = True,
         effect_retrieval: bool = True,
+        effect_warm_start: bool = True,
         gene_token_embedding: pd.DataFrame | dict | str | os.PathLike | None = None,
     ):
         super().__init__(adata)
@@ -502,6 +508,7 @@ class PertTX(
             gene_token_table=token_table,
             gene_token_found=token_found,
         )
+        self._effect_warm_start = bool(effect_warm_start)
         self.holdout_perturbations_: list[str] = []
         self._model_summary_string = (
             f"PertTX: {adata.n_vars} genes, {len(labels)} perturbation labels over "

@@ -31,16 +31,17 @@ def test_train_predict_evaluate_on_log_normalized_values(log_screen, tiny_model)
     )
     model = px.PertTX(log_screen, **tiny_model)
     assert model.module.likelihood == "mse" and model.module.log_normalized_input
-    model.train(max_epochs=2, holdout_perturbations=["REG01"], batch_size=32)
+    model.train(max_epochs=8, holdout_perturbations=["REG01"], batch_size=32)
     controls = log_screen[log_screen.obs["perturbation"] == "control"]
     pred = model.predict_perturbation(controls, ["REG01", "REG00+REG01"])
     assert pred.shape == (2 * controls.n_obs, log_screen.n_vars)
     assert "counts" not in pred.layers and "log1p" in pred.uns
-    # on the data's own scale: the mean prediction sits near the observed control mean
-    observed = np.asarray(controls.X.mean(0)).ravel()
-    predicted = np.asarray(pred.X.mean(0)).ravel()
-    assert np.corrcoef(observed, predicted)[0, 1] > 0.5
-    assert predicted.max() < 3 * observed.max() + 1
+    # on the data's own scale: the held-out gene's mean prediction sits near its observed mean
+    held = log_screen[log_screen.obs["perturbation"] == "REG01"]
+    observed = np.asarray(held.X.mean(0)).ravel()
+    predicted = np.asarray(pred[pred.obs["perturbation"] == "REG01"].X.mean(0)).ravel()
+    assert np.corrcoef(observed, predicted)[0, 1] > 0.7
+    assert predicted.max() < 2 * observed.max()
 
     result = model.evaluate(perturbations=["REG01"], baselines=["train_mean"])
     assert {"PertTX", "train_mean"} <= set(result["method"])

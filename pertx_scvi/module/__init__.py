@@ -13,6 +13,7 @@ from ._module import PertTXModule
 from ._pert_encoder import GeneEmbeddingPerturbationEncoder, PerturbationEncoder
 from ._retrieval import EffectRetrieval
 from ._transformer import TransformerEncoder, flash_attn_available, resolve_backend
+from ._warm_start import link_space_effect, warm_start_effects
 
 __all__ = [
     "EffectRetrieval",
@@ -28,5 +29,7 @@ __all__ = [
     "PerturbationEncoder",
     "TransformerEncoder",
     "flash_attn_available",
+    "link_space_effect",
+    "warm_start_effects",
     "resolve_backend",
 ]
