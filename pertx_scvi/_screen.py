@@ -18,13 +18,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from . import _validation as check
-from ._constants import REGISTRY_KEYS, TARGET_SUM
+from ._constants import TARGET_SUM
 from ._labels import DEFAULT_CONTROL_TOKENS, gene_set_matrix, parse_perturbation
+from .data import cell_loader
 
 logger = logging.getLogger(__name__)
 
@@ -169,31 +168,28 @@ class ScreenMixin:
             source = self._screen_group(
                 setup["perturbation_key"], str(setup["control_group"]), "source"
             )
-        source_counts = self._screen_counts(source, "source")
-        if source_counts.shape[0] < 2:
-            raise ValueError(f"source has {source_counts.shape[0]} cell(s); at least 2 are needed")
+        _check_anndata(source, "source")
+        if source.n_obs < 2:
+            raise ValueError(f"source has {source.n_obs} cell(s); at least 2 are needed")
         target_delta, n_target = None, 0
         if target is not None:
             # Observed means over every source and target cell; predictions use the subset.
-            source_mean = self._screen_mean_values(source_counts, batch_size)
-        if max_cells is not None and source_counts.shape[0] > max_cells:
-            keep = np.sort(rng.choice(source_counts.shape[0], max_cells, replace=False))
-            source_counts = source_counts[keep]
-        n_src = source_counts.shape[0]
+            source_mean = self._screen_mean_values(source, batch_size)
+        if max_cells is not None and source.n_obs > max_cells:
+            source = source[np.sort(rng.choice(source.n_obs, max_cells, replace=False))]
+        n_src = source.n_obs
         if target is not None:
-            if isinstance(target, AnnData):
-                target_counts = self._screen_counts(target, "target")
-            elif isinstance(target, str):
+            if isinstance(target, str):
                 key = setup["perturbation_key"] if target_key is None else target_key
-                target_counts = self._screen_counts(self._screen_group(key, target, "target"))
-            else:
+                target = self._screen_group(key, target, "target")
+            elif not isinstance(target, AnnData):
                 raise TypeError(
                     f"target must be an AnnData or a label (str), got {type(target).__name__}"
                 )
-            n_target = target_counts.shape[0]
+            n_target = target.n_obs
             if n_target == 0:
                 raise ValueError("target has no cells")
-            target_delta = self._screen_mean_values(target_counts, batch_size)
+            target_delta = self._screen_mean_values(target, batch_size)
             target_delta -= source_mean
             if not np.linalg.norm(target_delta) > 0:
                 raise ValueError("target and source cells have the same mean profile: no target")
@@ -205,10 +201,10 @@ class ScreenMixin:
         self.module.eval()
         device = self.device
         z, library = [], []
-        for i in range(0, n_src, batch_size):
-            x = torch.from_numpy(source_counts[i : i + batch_size].toarray()).to(device)
+        for batch in cell_loader(self._registered_cells(source), batch_size):
+            x = batch.to(device)
             z.append(self.module.embed_cells(x))
-            library.append(_library(self.module, x))
+            library.append(self.module.library(x))
         z, library = torch.cat(z), torch.cat(library)
         weights = torch.from_numpy(
             rng.multinomial(n_src, np.full(n_src, 1.0 / n_src), size=n_boot).astype(np.float32)
@@ -292,13 +288,14 @@ class ScreenMixin:
         return table
 
     # ---- helpers -------------------------------------------------------------------------------
-    def _screen_mean_values(self, counts: sp.csr_matrix, batch_size: int) -> np.ndarray:
-        """Mean log1p(normalize_total 1e4) profile (float64) of observed cells."""
-        total = torch.zeros(counts.shape[1], dtype=torch.float64)
-        for i in range(0, counts.shape[0], batch_size):
-            x = torch.from_numpy(counts[i : i + batch_size].toarray()).to(self.device)
-            total += _values(self.module, x).double().sum(0).cpu()
-        return (total / max(counts.shape[0], 1)).numpy()
+    def _screen_mean_values(self, adata: AnnData, batch_size: int) -> np.ndarray:
+        """Mean log1p(normalize_total 1e4) profile (float64) of observed cells, read through
+        the registry (:meth:`_registered_cells`) one batch at a time."""
+        total = torch.zeros(len(self._registered_var_names()), dtype=torch.float64)
+        for batch in cell_loader(self._registered_cells(adata), batch_size):
+            values = self.module.input_values(batch.to(self.device))[0]
+            total += values.double().sum(0).cpu()
+        return (total / max(adata.n_obs, 1)).numpy()
 
     def _screen_phenotype_column(self, phenotype: str | None) -> int | None:
         if phenotype is None:
@@ -315,23 +312,6 @@ class ScreenMixin:
                 "phenotype of perturbed cells"
             )
         return keys.index(phenotype)
-
-    def _screen_counts(self, adata: AnnData, what: str = "target") -> sp.csr_matrix:
-        """Inputs of ``adata`` (counts, or log-normalised values for a model of such data) in
-        the registered layer and gene order, float32 CSR (a copy)."""
-        if not isinstance(adata, AnnData):
-            raise TypeError(f"{what} must be an AnnData, got {type(adata).__name__}")
-        layer = self.registry_["setup_args"]["layer"]
-        matrix = check.get_matrix(adata, layer)
-        registered = self.adata_manager.get_state_registry(REGISTRY_KEYS.X_KEY).column_names
-        order = check.align_genes(adata, registered)
-        if order is not None:
-            matrix = matrix[:, order]
-        if getattr(self.module, "log_normalized_input", False):  # a model of log1p(CP10k) data
-            check.check_log_normalized(matrix, layer)
-        else:
-            check.check_input_counts(matrix, layer, self.module.likelihood)
-        return check.as_csr(matrix)
 
     def _screen_group(self, key: str, label: str, what: str) -> AnnData:
         """The cells of the registered AnnData whose ``obs[key]`` is ``label`` (a view)."""
@@ -466,19 +446,9 @@ def _ranking_values(results: dict[str, np.ndarray], score: str, maximize: bool) 
     return -values if score == "phenotype" and not maximize else values
 
 
-def _library(module, x: torch.Tensor) -> torch.Tensor:
-    """(batch, 1) library sizes of input rows as the module takes them."""
-    if hasattr(module, "library"):  # models of log-normalised inputs have no counts
-        return module.library(x)
-    return x.sum(-1, keepdim=True).clamp(min=1.0)
-
-
-def _values(module, x: torch.Tensor) -> torch.Tensor:
-    """log1p(normalize_total 1e4) values of input rows as the module reads them."""
-    if hasattr(module, "input_values"):
-        return module.input_values(x)[0]
-    library = x.sum(-1, keepdim=True).clamp(min=1.0)
-    return torch.log1p(x / library * TARGET_SUM)
+def _check_anndata(adata, what: str) -> None:
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"{what} must be an AnnData, got {type(adata).__name__}")
 
 
 def _shorten(names: list[str], n: int = 10) -> str:
