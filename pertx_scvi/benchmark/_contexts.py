@@ -18,7 +18,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -512,45 +512,35 @@ def _signed(value: float, digits: int = 3) -> str:
     return "–" if value is None or not np.isfinite(value) else f"{value:+.{digits}f}"
 
 
-def means_table(summary: pd.DataFrame, metric_list: Sequence[str] = HEADLINE_METRICS) -> str:
-    """Markdown table of the means (95 % intervals) per scope and method."""
-    head = ["context", "method", "n", *[_LABELS.get(m, m) for m in metric_list]]
+def _mean_cell(row: pd.Series) -> str:
+    return f"{_fmt(row['mean'])} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]"
+
+
+def _paired_cell(row: pd.Series) -> str:
+    interval = f"[{_signed(row['ci_low'])}, {_signed(row['ci_high'])}]"
+    return f"{_signed(row['difference'])} {interval} {row['verdict']}"
+
+
+def _scope_table(
+    frame: pd.DataFrame,
+    method_header: str,
+    cell: Callable[[pd.Series], str],
+    metric_list: Sequence[str] = HEADLINE_METRICS,
+    with_n: bool = False,
+) -> str:
+    """Markdown table, one row per scope and method, one ``cell(row)`` per metric."""
+    head = ["context", method_header, *(["n"] if with_n else [])]
+    head += [_LABELS.get(m, m) for m in metric_list]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    for scope in pd.unique(summary["scope"]):
-        part = summary[summary["scope"] == scope]
+    for scope in pd.unique(frame["scope"]):
+        part = frame[frame["scope"] == scope]
         for method in pd.unique(part["method"]):
             rows = part[part["method"] == method].set_index("metric")
             cells = [str(scope), method]
-            n = rows["n"].reindex(list(metric_list)).max()
-            cells.append(str(int(n)) if np.isfinite(n) else "0")
-            for m in metric_list:
-                if m not in rows.index:
-                    cells.append("–")
-                    continue
-                r = rows.loc[m]
-                cells.append(f"{_fmt(r['mean'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]")
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def paired_table(paired: pd.DataFrame, metric_list: Sequence[str] = HEADLINE_METRICS) -> str:
-    """Markdown table of PertTX minus each baseline (95 % interval, verdict) per scope."""
-    head = ["context", "PertTX minus", *[_LABELS.get(m, m) for m in metric_list]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    for scope in pd.unique(paired["scope"]):
-        part = paired[paired["scope"] == scope]
-        for method in pd.unique(part["method"]):
-            rows = part[part["method"] == method].set_index("metric")
-            cells = [str(scope), method]
-            for m in metric_list:
-                if m not in rows.index:
-                    cells.append("–")
-                    continue
-                r = rows.loc[m]
-                cells.append(
-                    f"{_signed(r['difference'])} [{_signed(r['ci_low'])}, "
-                    f"{_signed(r['ci_high'])}] {r['verdict']}"
-                )
+            if with_n:
+                n = rows["n"].reindex(list(metric_list)).max()
+                cells.append(str(int(n)) if np.isfinite(n) else "0")
+            cells += [cell(rows.loc[m]) if m in rows.index else "–" for m in metric_list]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -568,9 +558,9 @@ def _summary_md(
         "paired interval in the metric's direction (MSE: lower is better).\n"
     )
     text.append("## Means per context\n")
-    text.append(means_table(summary))
+    text.append(_scope_table(summary, "method", _mean_cell, with_n=True))
     text.append("## PertTX minus each baseline, paired over the held-out pairs\n")
-    text.append(paired_table(paired))
+    text.append(_scope_table(paired, "PertTX minus", _paired_cell))
     text.append("## Folds\n")
     cols = ["fold", "n_held_out", "n_train_cells", "train_seconds", "final_train_loss"]
     cols += ["final_validation_loss"]
