@@ -346,3 +346,34 @@ def test_shuffled_graph_control_trains_a_second_model_per_fold(tiny, tmp_path, m
     assert given[3] is shuffled  # rewired once, shared by the folds
     with pytest.raises(ValueError, match="shuffled_graph needs a gene graph"):
         _run(adata, None, tmp_path / "no_graph", shuffled_graph=True)
+
+
+def test_replicate_scores_every_method_against_half_the_cells(tiny, tmp_path):
+    """--replicate: the split-half replicate beside PertTX and the baselines, on the same
+    cells, and the Virtual Cell Challenge score from them."""
+    adata, graph = tiny
+    out = _run(adata, graph, tmp_path / "replicate", baselines=["train_mean"], replicate=True)
+    replicated = pd.read_csv(out / "replicate_metrics.csv")
+    assert set(replicated["method"]) == {"PertTX", "train_mean", "split_half"}
+    assert set(replicated["perturbation"]) == set(pd.read_csv(out / "metrics.csv").perturbation)
+    # Half of the cells repeat the experiment: on simulated regulators far better than the
+    # train mean (every regulator has a strong effect).
+    wide = replicated[replicated.metric == "pearson_delta"].pivot_table(
+        index="perturbation", columns="method", values="value"
+    )
+    assert (wide["split_half"] > wide["train_mean"]).all()
+    vcc = pd.read_csv(out / "vcc_score.csv")
+    assert list(vcc["metric"]) == [
+        "pearson_delta",
+        "pearson_delta_top20",
+        "mse_top20",
+        "discrimination",
+    ]
+    row = vcc.set_index("metric").loc["pearson_delta"]
+    expected = (row.method_mean - row.baseline_mean) / (row.replicate_mean - row.baseline_mean)
+    assert row.s == pytest.approx(expected)
+    assert row.best_baseline == "train_mean"
+    assert "## Virtual Cell Challenge score" in (out / "summary.md").read_text()
+    # Cached: the replicate tables come back from the fold files.
+    again = _run(adata, graph, out, baselines=["train_mean"], replicate=True, plots=False)
+    pd.testing.assert_frame_equal(pd.read_csv(again / "vcc_score.csv"), vcc)

@@ -548,3 +548,45 @@ def test_metrics_package_does_not_import_torch():
                     names.append("..")
             for n in names:
                 assert n.split(".")[0] not in {"torch", "lightning", "scvi", ".."}, (path, n)
+
+
+def test_vcc_score_is_the_share_of_the_replicate_gain():
+    """s = (method - best baseline) / (replicate - best baseline), the best baseline chosen per
+    metric in its direction; interval from resampling perturbations."""
+    rng = np.random.default_rng(0)
+    n = 40
+    rows = []
+    for p in range(n):
+        values = {
+            "PertTX": 0.5 + rng.normal(0, 0.05),
+            "split_half": 0.9 + rng.normal(0, 0.05),
+            "train_mean": 0.3 + rng.normal(0, 0.05),
+            "additive": 0.1 + rng.normal(0, 0.05),
+        }
+        rows += [
+            {"perturbation": f"P{p}", "method": m, "metric": "pearson_delta", "value": v}
+            for m, v in values.items()
+        ]
+        rows += [
+            {"perturbation": f"P{p}", "method": m, "metric": "mse_top20", "value": 1 - v}
+            for m, v in values.items()
+        ]
+    df = pd.DataFrame(rows)
+    scores = pm.vcc_scores(df, n_boot=200).set_index("metric")
+    means = df.groupby(["metric", "method"])["value"].mean()
+    for metric in ("pearson_delta", "mse_top20"):
+        m = means[metric]
+        row = scores.loc[metric]
+        assert row.best_baseline == "train_mean"
+        expected = (m["PertTX"] - m["train_mean"]) / (m["split_half"] - m["train_mean"])
+        assert row.s == pytest.approx(expected)
+        assert 0.25 < row.s < 0.5 and row.ci_low < row.s < row.ci_high
+        assert row.verdict == "ahead"
+    # No room: a replicate no better than the bar leaves s undefined.
+    flat = df.assign(value=np.where(df.method == "split_half", df.value - 0.8, df.value)).query(
+        "metric == 'pearson_delta'"
+    )
+    row = pm.vcc_scores(flat, n_boot=50).iloc[0]
+    assert np.isnan(row.s) and row.verdict == "no room"
+    with pytest.raises(ValueError, match="'split_half' is not in df"):
+        pm.vcc_scores(df[df.method != "split_half"])

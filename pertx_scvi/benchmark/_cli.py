@@ -111,6 +111,13 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
         "cell_eval_score.csv and a summary.md section. Needs pip install pertx-scvi[celleval]",
     )
     evaluation.add_argument(
+        "--replicate",
+        action="store_true",
+        help="also score every method against half of each held-out perturbation's cells, "
+        "with the other half as a prediction (split_half), and report the Virtual Cell "
+        "Challenge score of PertTX: replicate_metrics.csv, vcc_score.csv, a summary.md section",
+    )
+    evaluation.add_argument(
         "--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)"
     )
     evaluation.add_argument(
@@ -216,6 +223,7 @@ def run_benchmark(args: argparse.Namespace) -> Path:
         shuffled_graph=args.shuffled_graph,
         model_options=_model_options(args.model_option),
         cell_eval=args.cell_eval,
+        replicate=args.replicate,
         n_boot=args.n_boot,
         data_dir=args.data_dir,
         threads=args.threads,

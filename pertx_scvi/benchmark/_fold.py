@@ -61,8 +61,12 @@ def _run_fold(
     model_graph: Any = None,
     baseline_edges: dict[str, pd.DataFrame] | None = None,
     cell_eval: bool = False,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any], dict | None]:
-    """Train and evaluate one fold: (metrics, profiles, deltas, history, info, cell_eval).
+    replicate: bool = False,
+) -> tuple[
+    pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any], dict | None, Any
+]:
+    """Train and evaluate one fold: (metrics, profiles, deltas, history, info, cell_eval,
+    replicate).
 
     ``controls`` are the fitting and reference control masks of
     :func:`pertx_scvi.metrics.control_masks`: PertTX trains on the fitting controls only and
@@ -73,7 +77,8 @@ def _run_fold(
     predicted Δ of every method and the observed Δ (rows ``"<method>|<label>"``), from which
     the benchmark ranks all folds' perturbations together. With ``cell_eval``, PertTX's
     predicted cells and the train-mean prediction are also scored by cell-eval
-    (:func:`_cell_eval_fold`; otherwise the last item is ``None``).
+    (:func:`_cell_eval_fold`; otherwise that item is ``None``). With ``replicate``, the last
+    item is the (metrics, deltas) pair of :func:`_replicate_evaluation` (otherwise ``None``).
     """
     import torch
 
@@ -124,6 +129,17 @@ def _run_fold(
         predictions["PertTX"] = model.predict_profiles(
             adata[fit_controls], predictable, profile=settings["pertx_profile"], seed=seed
         )
+    evaluation = {
+        "train_mask": train_cells,
+        "baselines": list(settings["baselines"]),
+        "edges": baseline_edges if baseline_edges is not None else getattr(graph, "edges", None),
+        "gene_embedding": gene_embedding,
+        "layer": data.layer,
+        "n_top_de": settings["n_top_de"],
+        "seed": settings["seed"],
+        "separator": separator,
+        "return_deltas": True,
+    }
     result, deltas = metrics.evaluate_heldout(
         predictions,
         adata,
@@ -132,16 +148,13 @@ def _run_fold(
         held,
         fit_controls=fit_controls,
         reference_controls=reference,
-        train_mask=train_cells,
-        baselines=list(settings["baselines"]),
-        edges=baseline_edges if baseline_edges is not None else getattr(graph, "edges", None),
-        gene_embedding=gene_embedding,
-        layer=data.layer,
-        n_top_de=settings["n_top_de"],
-        seed=settings["seed"],
-        separator=separator,
-        return_deltas=True,
+        **evaluation,
     )
+    replicate_tables = None
+    if replicate:
+        replicate_tables = _replicate_evaluation(
+            predictions, data, held, fit_controls, reference, evaluation, seed
+        )
 
     masks = {"control_fit": fit_controls, "control_reference": reference}
     masks.update({f"observed:{p}": labels == p for p in held})
@@ -181,7 +194,53 @@ def _run_fold(
     }
     if cell_eval_s is not None:
         info["cell_eval_seconds"] = cell_eval_s
-    return result, profiles, delta_table, history, info, cell_eval_tables
+    if replicate_tables is not None:
+        replicate_tables[0].insert(0, "fold", fold)
+        replicate_tables[0].insert(1, "subgroup", replicate_tables[0]["perturbation"].map(subgroup))
+    return result, profiles, delta_table, history, info, cell_eval_tables, replicate_tables
+
+
+def _replicate_evaluation(
+    predictions: dict[str, pd.DataFrame],
+    data: _Data,
+    held: list[str],
+    fit_controls: np.ndarray,
+    reference: np.ndarray,
+    evaluation: dict[str, Any],
+    seed: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every method scored against half of each held-out perturbation's cells, beside the
+    other half as a prediction (``split_half``: the experiment repeated), for
+    :func:`pertx_scvi.metrics.vcc_scores`. Returns (metrics, deltas) as the fold's own."""
+    adata, key = data.adata, data.perturbation_key
+    labels = adata.obs[key].astype(str).to_numpy()
+    used = np.isin(labels, held) | fit_controls
+    ceiling = metrics.SplitHalfCeiling(seed=seed, separator=evaluation["separator"])
+    ceiling.fit(adata[used], key, data.control_group, data.layer)
+    keep = np.ones(adata.n_obs, dtype=bool)
+    keep[used] = ceiling.eval_mask_
+    rows = {}
+    for label in held:  # a label with fewer than 2 cells has no replicate: it stays NaN
+        try:
+            rows[label] = ceiling.predict([label]).iloc[0]
+        except ValueError:
+            continue
+    replicate = pd.DataFrame.from_dict(rows, orient="index", columns=ceiling.genes_)
+    with_replicate = {**predictions, "split_half": replicate}
+    result, deltas = metrics.evaluate_heldout(
+        with_replicate,
+        adata[keep],
+        key,
+        data.control_group,
+        held,
+        fit_controls=fit_controls[keep],
+        reference_controls=reference[keep],
+        **{**evaluation, "train_mask": evaluation["train_mask"][keep]},
+    )
+    delta_table = pd.concat(
+        [frame.set_axis([f"{name}|{p}" for p in frame.index]) for name, frame in deltas.items()]
+    )
+    return result, delta_table
 
 
 def _cell_eval_fold(

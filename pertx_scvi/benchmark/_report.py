@@ -59,6 +59,13 @@ HEADLINE_METRICS = (
 )
 
 
+def headline_metrics(n_top_de: int, nontarget: bool = True) -> list[str]:
+    """The headline metric names for ``n_top_de`` DE genes (optionally without the
+    ``_nontarget`` variants)."""
+    names = [m.format(n=int(n_top_de)) for m in HEADLINE_METRICS]
+    return names if nontarget else [m for m in names if not m.endswith("_nontarget")]
+
+
 def _sets(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """All perturbations, then strong / other, measured / unmeasured targets, subgroups."""
     parts = [("all", df)]
@@ -83,8 +90,7 @@ def _paired(
     """PertTX minus every other method on the headline metrics, per set (column ``set``)."""
     if reference not in set(df["method"]):
         return pd.DataFrame()
-    n = int(n_top_de)
-    wanted = [m.format(n=n) for m in HEADLINE_METRICS]
+    wanted = headline_metrics(n_top_de)
     frames = []
     for name, part in _sets(df):
         if reference not in set(part["method"]):
@@ -142,6 +148,7 @@ def _write_summary_md(
     metric_order: Sequence[str],
     paired: pd.DataFrame | None = None,
     cell_eval: pd.DataFrame | None = None,
+    vcc: pd.DataFrame | None = None,
 ) -> None:
     lines = ["# PertTX benchmark", ""]
     lines += ["```", header["command"], "```", ""]
@@ -219,10 +226,45 @@ def _write_summary_md(
     lines += ["", *_per_fold_tables(df, metric_order)]
     if cell_eval is not None:
         lines += _cell_eval_section(cell_eval, infos)
+    if vcc is not None:
+        lines += _vcc_section(vcc)
     notes = header.get("notes") or []
     if notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _vcc_section(vcc: pd.DataFrame) -> list[str]:
+    """Markdown lines of the Virtual Cell Challenge scores (``vcc_score.csv``)."""
+    lines = [
+        "## Virtual Cell Challenge score",
+        "",
+        "Every method scored again against half of each held-out perturbation's cells, with "
+        "the other half as a prediction (`split_half`: the experiment repeated); "
+        "s = (PertTX - best baseline) / (split_half - best baseline) per metric "
+        "(`pertx_scvi.metrics.vcc_scores`): 0 no better than the strongest trivial predictor, "
+        "1 as good as repeating the experiment. Interval: 95 % bootstrap over perturbations, "
+        "the best baseline chosen again in each resample. All metrics in "
+        "`replicate_metrics.csv`.",
+        "",
+        "| metric | best baseline | PertTX | baseline | split_half | s [95 % interval] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in vcc.itertuples():
+        if pd.isna(row.method_mean):
+            continue
+        interval = "" if pd.isna(row.ci_low) else f" [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
+        score = "n/a" if pd.isna(row.s) else f"{row.s:+.2f}{interval}"
+        if row.verdict in ("ahead", "behind"):
+            score = f"**{score} {row.verdict}**"
+        elif row.verdict == "no room":
+            score += " (split_half not better than the baseline)"
+        arrow = " (↓)" if metrics.lower_is_better(row.metric) else ""
+        lines.append(
+            f"| {row.metric}{arrow} | {row.best_baseline} | {row.method_mean:.3f} | "
+            f"{row.baseline_mean:.3f} | {row.replicate_mean:.3f} | {score} |"
+        )
+    return [*lines, ""]
 
 
 def _cell_eval_section(score: pd.DataFrame, infos: list[dict[str, Any]]) -> list[str]:

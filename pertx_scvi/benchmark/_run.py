@@ -18,7 +18,7 @@ from anndata import AnnData
 from .. import metrics
 from .._labels import DEFAULT_CONTROL_TOKENS, DEFAULT_SEPARATOR, parse_perturbation
 from ._fold import _run_fold, pool_discrimination
-from ._report import _paired, _plot_all, _summaries, _write_summary_md
+from ._report import _paired, _plot_all, _summaries, _write_summary_md, headline_metrics
 from ._sources import (
     ID_TABLE_FILE,
     _find,
@@ -132,6 +132,7 @@ def benchmark(
     shuffled_graph: bool = False,
     model_options: dict[str, Any] | None = None,
     cell_eval: bool = False,
+    replicate: bool = False,
     n_boot: int = 1000,
     data_dir: str | os.PathLike | None = None,
     threads: int | None = None,
@@ -209,6 +210,14 @@ def benchmark(
         score of PertTX against train mean. Writes ``cell_eval.csv`` (per perturbation),
         ``cell_eval_score.csv`` (per fold) and a section of ``summary.md``. Not part of the
         settings' hash: a cached fold without cell-eval results is recomputed.
+    replicate
+        Also score every method against half of each held-out perturbation's cells, beside
+        the other half as a prediction (``split_half``: the experiment repeated;
+        :class:`pertx_scvi.metrics.SplitHalfCeiling`), and report the Virtual Cell Challenge
+        score of PertTX per headline metric (:func:`pertx_scvi.metrics.vcc_scores`: 0 no
+        better than the strongest baseline, 1 as good as the replicate). Writes
+        ``replicate_metrics.csv``, ``vcc_score.csv`` and a section of ``summary.md``; like
+        ``cell_eval`` not part of the settings' hash.
     n_boot
         Bootstrap resamples of the intervals.
     data_dir
@@ -376,6 +385,7 @@ def benchmark(
         results, profile_frames, delta_frames, histories, infos = [], [], [], {}, []
         cell_eval_frames: list[pd.DataFrame] = []
         cell_eval_scores: list[pd.DataFrame] = []
+        replicate_frames: list[tuple[pd.DataFrame, pd.DataFrame]] = []
         n_cached = 0
         from rich.progress import (
             BarColumn,
@@ -404,9 +414,15 @@ def benchmark(
                 deltas_path = folds_dir / f"fold_{k}_deltas.csv.gz"
                 cell_eval_path = folds_dir / f"fold_{k}_cell_eval.csv.gz"
                 cell_eval_score_path = folds_dir / f"fold_{k}_cell_eval_score.csv"
+                replicate_paths = (
+                    folds_dir / f"fold_{k}_replicate.csv",
+                    folds_dir / f"fold_{k}_replicate_deltas.csv.gz",
+                )
                 cached = csv_path.exists() and info_path.exists() and deltas_path.exists()
                 if cell_eval:
                     cached = cached and cell_eval_path.exists() and cell_eval_score_path.exists()
+                if replicate:
+                    cached = cached and all(p.exists() for p in replicate_paths)
                 if cached and not overwrite:
                     info = json.loads(info_path.read_text())
                     results.append(pd.read_csv(csv_path))
@@ -418,6 +434,8 @@ def benchmark(
                     if cell_eval:
                         cell_eval_frames.append(pd.read_csv(cell_eval_path))
                         cell_eval_scores.append(pd.read_csv(cell_eval_score_path))
+                    if replicate:
+                        replicate_frames.append(tuple(map(pd.read_csv, replicate_paths)))
                     infos.append(info)
                     n_cached += 1
                     console.log(f"fold {k}: cached ({csv_path}), skipped")
@@ -438,24 +456,27 @@ def benchmark(
 
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
-                    result, profiles, deltas, history, info, cell_eval_tables = _run_fold(
-                        k,
-                        held,
-                        loaded,
-                        settings,
-                        gene_graph,
-                        embedding,
-                        controls,
-                        update_epoch,
-                        id_table,
-                        model_graph,
-                        baseline_edges,
-                        cell_eval=cell_eval,
+                    result, profiles, deltas, history, info, cell_eval_tables, replicated = (
+                        _run_fold(
+                            k,
+                            held,
+                            loaded,
+                            settings,
+                            gene_graph,
+                            embedding,
+                            controls,
+                            update_epoch,
+                            id_table,
+                            model_graph,
+                            baseline_edges,
+                            cell_eval=cell_eval,
+                            replicate=replicate,
+                        )
                     )
                     if shuffled_model_graph is not None:
                         bars.reset(epoch_task, total=settings["epochs"])
                         bars.update(epoch_task, description=f"fold {k} epochs (shuffled graph)")
-                        shuffled_result, _, shuffled_deltas, _, shuffled_info, _ = _run_fold(
+                        shuffled_result, _, shuffled_deltas, _, shuffled_info, *_ = _run_fold(
                             k,
                             held,
                             loaded,
@@ -481,8 +502,7 @@ def benchmark(
                 info["hash"] = digest
                 profiles = profiles.rename_axis("row").reset_index()
                 profiles.insert(0, "fold", k)
-                deltas = deltas.rename_axis("row").reset_index()
-                deltas.insert(0, "fold", k)
+                deltas = _fold_frame(deltas, k)
                 _write_atomic(
                     deltas_path,
                     lambda p, f=deltas: f.to_csv(p, index=False, compression="gzip"),
@@ -503,6 +523,16 @@ def benchmark(
                     )
                     cell_eval_frames.append(per_label)
                     cell_eval_scores.append(fold_score)
+                if replicated is not None:
+                    replicated = (replicated[0], _fold_frame(replicated[1], k))
+                    _write_atomic(
+                        replicate_paths[0], lambda p, f=replicated[0]: f.to_csv(p, index=False)
+                    )
+                    _write_atomic(
+                        replicate_paths[1],
+                        lambda p, f=replicated[1]: f.to_csv(p, index=False, compression="gzip"),
+                    )
+                    replicate_frames.append(replicated)
                 info_path.write_text(json.dumps(info, indent=2) + "\n")
                 _write_atomic(csv_path, lambda p, r=result: r.to_csv(p, index=False))
                 results.append(result)
@@ -586,6 +616,22 @@ def benchmark(
             )
             cell_eval_score = pd.concat(cell_eval_scores, ignore_index=True)
             cell_eval_score.to_csv(out / "cell_eval_score.csv", index=False)
+        vcc = None
+        if replicate:
+            replicated_df = pool_discrimination(
+                pd.concat([f[0] for f in replicate_frames], ignore_index=True),
+                pd.concat([f[1] for f in replicate_frames], ignore_index=True),
+                separator,
+                control,
+            )
+            replicated_df.to_csv(out / "replicate_metrics.csv", index=False)
+            vcc = metrics.vcc_scores(
+                replicated_df,
+                metrics=headline_metrics(settings["n_top_de"], nontarget=False),
+                n_boot=int(n_boot),
+                seed=settings["seed"],
+            )
+            vcc.to_csv(out / "vcc_score.csv", index=False)
         _write_summary_md(
             out / "summary.md",
             summary,
@@ -595,6 +641,7 @@ def benchmark(
             metric_order,
             paired,
             cell_eval=cell_eval_score,
+            vcc=vcc,
         )
         if plots:
             profiles_all = pd.concat(profile_frames, ignore_index=True) if profile_frames else None
@@ -610,6 +657,13 @@ def benchmark(
         return out
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _fold_frame(deltas: pd.DataFrame, fold: int) -> pd.DataFrame:
+    """A fold's Δ table (rows ``"<method>|<label>"``) as stored: ``fold``, ``row``, genes."""
+    frame = deltas.rename_axis("row").reset_index()
+    frame.insert(0, "fold", fold)
+    return frame
 
 
 def _cell_eval_frames(

@@ -74,6 +74,7 @@ from ._summary import (
     target_gene_positions,
 )
 from ._utils import canonical_label, is_log_normalized, log_normalize, parse_perturbation
+from ._vcc import vcc_scores
 
 __all__ = [
     # labels and normalisation
@@ -120,6 +121,7 @@ __all__ = [
     "GraphNeighbourAverage",
     "KnockdownPrior",
     "SplitHalfCeiling",
+    "vcc_scores",
     "TrainingProfiles",
     "training_profiles",
     "BASELINE_NAMES",
