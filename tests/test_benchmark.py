@@ -348,7 +348,7 @@ def test_shuffled_graph_control_trains_a_second_model_per_fold(tiny, tmp_path, m
         _run(adata, None, tmp_path / "no_graph", shuffled_graph=True)
 
 
-def test_replicate_scores_every_method_against_half_the_cells(tiny, tmp_path):
+def test_replicate_scores_every_method_against_half_the_cells(tiny, tmp_path, monkeypatch):
     """--replicate: the split-half replicate beside PertTX and the baselines, on the same
     cells, and the Virtual Cell Challenge score from them."""
     adata, graph = tiny
@@ -377,3 +377,14 @@ def test_replicate_scores_every_method_against_half_the_cells(tiny, tmp_path):
     # Cached: the replicate tables come back from the fold files.
     again = _run(adata, graph, out, baselines=["train_mean"], replicate=True, plots=False)
     pd.testing.assert_frame_equal(pd.read_csv(again / "vcc_score.csv"), vcc)
+
+    # A run made without --replicate is scored from its stored predictions, training nothing.
+    earlier = _run(adata, graph, tmp_path / "earlier", baselines=["train_mean"], plots=False)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached fold was recomputed")
+
+    monkeypatch.setattr(run_module, "_run_fold", no_training)
+    _run(adata, graph, earlier, baselines=["train_mean"], replicate=True, plots=False)
+    from_cache = pd.read_csv(earlier / "replicate_metrics.csv")
+    pd.testing.assert_frame_equal(from_cache, replicated, check_exact=False, atol=1e-6)

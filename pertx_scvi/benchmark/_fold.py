@@ -129,17 +129,9 @@ def _run_fold(
         predictions["PertTX"] = model.predict_profiles(
             adata[fit_controls], predictable, profile=settings["pertx_profile"], seed=seed
         )
-    evaluation = {
-        "train_mask": train_cells,
-        "baselines": list(settings["baselines"]),
-        "edges": baseline_edges if baseline_edges is not None else getattr(graph, "edges", None),
-        "gene_embedding": gene_embedding,
-        "layer": data.layer,
-        "n_top_de": settings["n_top_de"],
-        "seed": settings["seed"],
-        "separator": separator,
-        "return_deltas": True,
-    }
+    evaluation = _evaluation_kwargs(
+        data, settings, graph, gene_embedding, baseline_edges, train_cells, separator
+    )
     result, deltas = metrics.evaluate_heldout(
         predictions,
         adata,
@@ -198,6 +190,71 @@ def _run_fold(
         replicate_tables[0].insert(0, "fold", fold)
         replicate_tables[0].insert(1, "subgroup", replicate_tables[0]["perturbation"].map(subgroup))
     return result, profiles, delta_table, history, info, cell_eval_tables, replicate_tables
+
+
+def _evaluation_kwargs(
+    data: _Data,
+    settings: dict[str, Any],
+    graph,
+    gene_embedding: pd.DataFrame | None,
+    baseline_edges: dict[str, pd.DataFrame] | None,
+    train_cells: np.ndarray,
+    separator: str,
+) -> dict[str, Any]:
+    """Keyword arguments of a fold's :func:`pertx_scvi.metrics.evaluate_heldout`."""
+    return {
+        "train_mask": train_cells,
+        "baselines": list(settings["baselines"]),
+        "edges": baseline_edges if baseline_edges is not None else getattr(graph, "edges", None),
+        "gene_embedding": gene_embedding,
+        "layer": data.layer,
+        "n_top_de": settings["n_top_de"],
+        "seed": settings["seed"],
+        "separator": separator,
+        "return_deltas": True,
+    }
+
+
+def replicate_from_profiles(
+    fold: int,
+    held: list[str],
+    data: _Data,
+    settings: dict[str, Any],
+    graph,
+    gene_embedding: pd.DataFrame | None,
+    controls: tuple[np.ndarray, np.ndarray],
+    baseline_edges: dict[str, pd.DataFrame] | None,
+    profiles: pd.DataFrame,
+    separator: str,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The replicate evaluation of a fold finished before, from its stored PertTX profiles
+    (``fold_<k>_profiles.csv.gz``: rows ``"PertTX:<label>"``) instead of a new training.
+
+    The training cells are those :meth:`~pertx_scvi.PertTX.train` used: every cell whose label
+    is not held out, of the controls the fitting half only.
+    """
+    adata, key = data.adata, data.perturbation_key
+    fit_controls, reference = controls
+    labels = adata.obs[key].astype(str).to_numpy()
+    is_control = labels == str(data.control_group)
+    train_cells = ~np.isin(labels, held) & (~is_control | fit_controls)
+    rows = profiles.set_index("row")
+    rows = rows[rows.index.str.startswith("PertTX:")].drop(columns="fold", errors="ignore")
+    predicted = rows.set_axis(rows.index.str[len("PertTX:") :]).astype(np.float64)
+    predicted.columns = predicted.columns.astype(str)
+    evaluation = _evaluation_kwargs(
+        data, settings, graph, gene_embedding, baseline_edges, train_cells, separator
+    )
+    seed = int(settings["seed"]) + fold
+    result, deltas = _replicate_evaluation(
+        {"PertTX": predicted}, data, held, fit_controls, reference, evaluation, seed
+    )
+    subgroup = assign_subgroups(
+        held, labels[train_cells], control_group=data.control_group, separator=separator
+    )
+    result.insert(0, "fold", fold)
+    result.insert(1, "subgroup", result["perturbation"].map(subgroup))
+    return result, deltas
 
 
 def _replicate_evaluation(

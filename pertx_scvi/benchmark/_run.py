@@ -17,7 +17,7 @@ from anndata import AnnData
 
 from .. import metrics
 from .._labels import DEFAULT_CONTROL_TOKENS, DEFAULT_SEPARATOR, parse_perturbation
-from ._fold import _run_fold, pool_discrimination
+from ._fold import _run_fold, pool_discrimination, replicate_from_profiles
 from ._report import _paired, _plot_all, _summaries, _write_summary_md, headline_metrics
 from ._sources import (
     ID_TABLE_FILE,
@@ -421,8 +421,8 @@ def benchmark(
                 cached = csv_path.exists() and info_path.exists() and deltas_path.exists()
                 if cell_eval:
                     cached = cached and cell_eval_path.exists() and cell_eval_score_path.exists()
-                if replicate:
-                    cached = cached and all(p.exists() for p in replicate_paths)
+                if replicate:  # without the replicate files: from the stored profiles
+                    cached = cached and profiles_path.exists()
                 if cached and not overwrite:
                     info = json.loads(info_path.read_text())
                     results.append(pd.read_csv(csv_path))
@@ -434,6 +434,13 @@ def benchmark(
                     if cell_eval:
                         cell_eval_frames.append(pd.read_csv(cell_eval_path))
                         cell_eval_scores.append(pd.read_csv(cell_eval_score_path))
+                    if replicate and not all(p.exists() for p in replicate_paths):
+                        # Trained before without --replicate: score its stored predictions.
+                        result_k, deltas_k = replicate_from_profiles(
+                            k, held, loaded, settings, gene_graph, embedding, controls,
+                            baseline_edges, profile_frames[-1], separator,
+                        )  # fmt: skip
+                        _write_replicate(replicate_paths, result_k, _fold_frame(deltas_k, k))
                     if replicate:
                         replicate_frames.append(tuple(map(pd.read_csv, replicate_paths)))
                     infos.append(info)
@@ -525,13 +532,7 @@ def benchmark(
                     cell_eval_scores.append(fold_score)
                 if replicated is not None:
                     replicated = (replicated[0], _fold_frame(replicated[1], k))
-                    _write_atomic(
-                        replicate_paths[0], lambda p, f=replicated[0]: f.to_csv(p, index=False)
-                    )
-                    _write_atomic(
-                        replicate_paths[1],
-                        lambda p, f=replicated[1]: f.to_csv(p, index=False, compression="gzip"),
-                    )
+                    _write_replicate(replicate_paths, *replicated)
                     replicate_frames.append(replicated)
                 info_path.write_text(json.dumps(info, indent=2) + "\n")
                 _write_atomic(csv_path, lambda p, r=result: r.to_csv(p, index=False))
@@ -657,6 +658,11 @@ def benchmark(
         return out
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _write_replicate(paths: tuple[Path, Path], result: pd.DataFrame, deltas: pd.DataFrame) -> None:
+    _write_atomic(paths[0], lambda p: result.to_csv(p, index=False))
+    _write_atomic(paths[1], lambda p: deltas.to_csv(p, index=False, compression="gzip"))
 
 
 def _fold_frame(deltas: pd.DataFrame, fold: int) -> pd.DataFrame:
