@@ -132,7 +132,8 @@ def from_json(value: Any) -> Any:
     if tag == "__frame__":
         index = pd.Index(from_json(body["index"]), name=body["index_name"])
         frame = pd.DataFrame(dict(enumerate(from_json(body["values"]))), index=index)
-        frame.columns = pd.Index(body["columns"], dtype=object)
+        # pandas' default text dtype (object before pandas 3, str from 3), as the logger's frames
+        frame.columns = pd.Index(body["columns"])
         return frame
     return {k: from_json(v) for k, v in value.items()}
 

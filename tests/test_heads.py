@@ -123,7 +123,7 @@ def _trivial_fits(model, adata):
     train, unseen = model.train_indices, _unseen_cells(model)
     types = adata.obs["cell_type"].cat.codes.to_numpy()
     centroid = NearestCentroid().fit(X[train], types[train]).predict(X[unseen])
-    ridge = RidgeCV(alphas=np.logspace(-2, 3, 12)).fit(X[train], adata.obs["phenotype"][train])
+    ridge = RidgeCV(alphas=np.logspace(-2, 3, 12)).fit(X[train], adata.obs["phenotype"].iloc[train])
     return (centroid == types[unseen]).mean(), ridge.predict(X[unseen])
 
 
