@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from anndata import AnnData
 from scvi.data import AnnDataManager
@@ -25,7 +26,8 @@ from ._labels import (
     is_blank_label,
     parse_perturbation,
 )
-from .data import RegisteredCells
+from .data import RegisteredCells, read_rows
+from .data._rows import is_in_memory
 
 
 class SetupMixin:
@@ -95,6 +97,7 @@ class SetupMixin:
         for key in phenotype_keys or []:
             check.check_obs_column(adata, key, "phenotype", numeric=True)
         matrix = check.get_matrix(adata, layer)
+        check.check_readable_rows(matrix, layer)
         check.check_counts(matrix, layer, require_integer=False)
         if is_log_normalized:
             check.check_log_normalized(matrix, layer)
@@ -200,13 +203,16 @@ class SetupMixin:
         Another AnnData is a set of source cells: its genes are matched to the training genes
         and its setup transferred from the registry (:meth:`_aligned_adata`, on a new AnnData,
         so ``adata`` is unchanged), its labels read as the control group. Codes and labels are
-        read once (small); expression rows are read one batch at a time through scvi-tools'
-        ``AnnTorchDataset`` (sparse rows densified per batch).
+        read once (small); expression rows are read one batch at a time from the AnnData's own
+        matrix (in memory or backed; sparse rows densified per batch), its columns put in
+        training order per batch: the matrix is never loaded or copied whole.
         """
         if adata is None or adata is self.adata:
             manager = self.adata_manager
+            matrix, columns = manager.get_from_registry(REGISTRY_KEYS.X_KEY), None
         else:
-            manager = self.adata_manager.transfer_fields(self._aligned_adata(adata, sources=True))
+            aligned, matrix, columns = self._aligned_sources(adata)
+            manager = self.adata_manager.transfer_fields(aligned)
         categories = manager.get_from_registry(REGISTRY_KEYS.PERTURBATION_KEY).ravel()
         label_codes = self._label_codes(self._label_categories())[categories.astype(np.int64)]
         cell_type = manager.get_from_registry(REGISTRY_KEYS.CELL_TYPE_KEY).ravel().astype(np.int64)
@@ -216,14 +222,14 @@ class SetupMixin:
         if manager is self.adata_manager and self._setup_args["phenotype_keys"]:
             values = manager.get_from_registry(REGISTRY_KEYS.PHENOTYPE_KEY)
             phenotype = np.asarray(values, dtype=np.float32)
-        rows = manager.create_torch_dataset(data_and_attributes={REGISTRY_KEYS.X_KEY: np.float32})
         return RegisteredCells(
-            rows=rows,
+            matrix=matrix,
             label_codes=label_codes,
             label_gene_sets=self._label_gene_sets,
             context=cell_type * n_batches + batch,
             cell_type=cell_type,
             phenotype=phenotype,
+            columns=columns,
         )
 
     def _canonical_labels(self, labels) -> np.ndarray:
@@ -248,17 +254,47 @@ class SetupMixin:
         With ``sources``, the cells are taken as control cells to predict from: the registered
         cell-type and batch columns must be present with categories seen at setup, the
         perturbation column is set to the control group and absent phenotype columns to NaN
-        (neither is read from source cells), so that the registry's setup transfers.
+        (neither is read from source cells), so that the registry's setup transfers. The
+        expression is then not copied: the new AnnData's matrix is an empty placeholder of the
+        aligned shape (no stored values), and :meth:`_registered_cells` reads the rows of
+        ``adata``'s own matrix, in memory or backed, per batch.
         """
-        setup = self._setup_args
-        layer, key = setup["layer"], setup["perturbation_key"]
+        if sources:
+            return self._aligned_sources(adata)[0]
+        layer = self._setup_args["layer"]
         matrix = check.get_matrix(adata, layer)
         order = check.align_genes(adata, self._registered_var_names())
-        var = adata.var
-        if order is not None:
-            matrix, var = matrix[:, order], var.iloc[order]
         if adata is not self.adata:
-            check.check_input_counts(matrix, layer, self.module.likelihood)
+            check.check_input_counts(matrix, layer, self.module.likelihood, columns=order)
+        if order is not None:
+            # A backed matrix indexed by columns would be loaded whole first (and h5py takes
+            # increasing column indices only): read it once, in row chunks, columns reordered.
+            in_memory = is_in_memory(matrix)
+            matrix = (
+                matrix[:, order] if in_memory else read_rows(matrix, np.arange(adata.n_obs), order)
+            )
+        return self._aligned_with(adata, matrix, order, sources=False)
+
+    def _aligned_sources(self, adata: AnnData) -> tuple[AnnData, object, np.ndarray | None]:
+        """``(aligned, matrix, columns)``: :meth:`_aligned_adata` with ``sources`` (its matrix
+        a placeholder), ``adata``'s registered matrix as it is (in memory or backed) and the
+        matrix column of each training gene (None when they are the same)."""
+        layer = self._setup_args["layer"]
+        matrix = check.get_matrix(adata, layer)
+        check.check_readable_rows(matrix, layer)
+        order = check.align_genes(adata, self._registered_var_names())
+        if adata is not self.adata:
+            check.check_input_counts(matrix, layer, self.module.likelihood, columns=order)
+        n_genes = matrix.shape[1] if order is None else len(order)
+        # No stored values: the registry transfer reads only the shape and gene names.
+        placeholder = sp.csr_matrix((adata.n_obs, n_genes), dtype=np.float32)
+        return self._aligned_with(adata, placeholder, order, sources=True), matrix, order
+
+    def _aligned_with(self, adata: AnnData, matrix, order, sources: bool) -> AnnData:
+        """The new AnnData of :meth:`_aligned_adata` around ``matrix`` (already aligned)."""
+        setup = self._setup_args
+        layer, key = setup["layer"], setup["perturbation_key"]
+        var = adata.var if order is None else adata.var.iloc[order]
         obs = adata.obs.copy()
         if sources:
             for argument, registry_key in (

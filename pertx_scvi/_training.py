@@ -3,9 +3,13 @@ the scvi-tools training plan and runner, and a defined state after an interrupti
 
 from __future__ import annotations
 
+import hashlib
+import os
 import signal
 import threading
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,7 +17,53 @@ from scvi.train import TrainRunner
 
 from .data import ControlSampler, PerturbationDataSplitter, split_cells
 from .module import link_space_effect, warm_start_effects
-from .train import DEFAULT_LR, PertTXTrainingPlan, make_loggers, resolve_precision
+from .train import (
+    CHECKPOINT_FILE,
+    DEFAULT_LR,
+    EpochCheckpoint,
+    PertTXTrainingPlan,
+    SafetensorsCheckpointIO,
+    make_loggers,
+    resolve_precision,
+)
+from .train._checkpoint import check_resumable
+
+# Lightning strategies that train in child processes (spawned or forked): the weights come back
+# through a pickled file and the rest of the model's state (history, split) not at all.
+_CHILD_PROCESS_STRATEGIES = ("spawn", "fork", "notebook")
+
+
+def _check_strategy(strategy) -> None:
+    """Refuse strategies whose training runs in child processes (see ``train``'s Notes)."""
+    if isinstance(strategy, str):
+        name = strategy
+    else:
+        start = getattr(strategy, "_start_method", "popen")  # Lightning's DDPStrategy
+        name = None if start == "popen" else f"DDPStrategy(start_method={start!r})"
+    if name and any(kind in name for kind in _CHILD_PROCESS_STRATEGIES):
+        raise ValueError(
+            f"strategy={name!r} trains in child processes, whose weights and history do not "
+            'come back to this one: use strategy="ddp", which runs this script once per device '
+            '(run it as a script: python my_script.py); see "Several processes" in the docs'
+        )
+
+
+def _find_unused_parameters(strategy) -> None:
+    """Let DDP train steps in which some parameters get no gradient (effect retrieval's view
+    weights and shrinkage when no gene of the batch is retrieved): plain DDP stops at the first
+    such step. An explicit ``find_unused_parameters`` is kept."""
+    ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)  # Lightning's DDPStrategy
+    if isinstance(ddp_kwargs, dict):
+        ddp_kwargs.setdefault("find_unused_parameters", True)
+
+
+def _share_history(model) -> None:
+    """Give every rank rank 0's history (Lightning's loggers log on rank 0 only)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        history = [model.history_ if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(history, src=0)  # in memory, between our own processes
+        model.history_ = history[0]
 
 
 def _interruption(error: BaseException, trainer) -> str | None:
@@ -72,6 +122,9 @@ class TrainingMixin:
         logger=None,
         seed: int = 0,
         plan_kwargs: dict | None = None,
+        datasplitter_kwargs: dict | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = False,
         **trainer_kwargs,
     ):
         """Train on the registered AnnData.
@@ -112,8 +165,27 @@ class TrainingMixin:
             Seed of the validation split and of the pairing.
         plan_kwargs
             Extra keyword arguments of :class:`~pertx_scvi.train.PertTXTrainingPlan`.
+        datasplitter_kwargs
+            Extra keyword arguments of :class:`~pertx_scvi.data.PerturbationDataSplitter`:
+            the out-of-core reading of a backed AnnData (``block_size``, ``window_blocks``,
+            ``max_cached_controls``), e.g. ``{"block_size": 4096}``.
+        checkpoint_dir
+            Folder of a resumable checkpoint, ``last.safetensors``, replaced at the end of
+            every epoch: weights, optimiser, learning-rate schedule, Lightning's loop progress,
+            the global random generators (torch, numpy, ``random``) and the history so far,
+            as tensors and plain data (nothing pickled). A checkpoint already there is
+            replaced at the end of the first epoch unless ``resume=True``.
+        resume
+            Continue the run whose checkpoint is in ``checkpoint_dir``: call ``train`` with
+            the arguments of the interrupted run, on the interrupted model or on a model built
+            as it was (same data, parameters and initial weights, e.g. from the same seed). The run ends with the
+            weights and the full ``history`` (every epoch) of an uninterrupted run. A missing
+            checkpoint, or one from another model or setup (other parameter names or shapes,
+            ``max_epochs``, batch size, seed, optimiser settings, cell split...), is a
+            ``ValueError`` naming what differs.
         **trainer_kwargs
-            Passed to :class:`scvi.train.Trainer` (and Lightning's Trainer).
+            Passed to :class:`scvi.train.Trainer` (and Lightning's Trainer), e.g.
+            ``strategy="ddp"`` (see Notes).
 
         Notes
         -----
@@ -131,12 +203,40 @@ class TrainingMixin:
         at once and raises :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) saying how
         many epochs finished. The model keeps the weights, ``history`` and cell split reached
         so far, with ``is_trained_ = False`` (so :meth:`evaluate` refuses and predictions warn);
-        set ``model.is_trained_ = True`` to use it as it is, or call ``train`` again.
+        set ``model.is_trained_ = True`` to use it as it is, or call ``train`` again. With
+        ``checkpoint_dir``, ``train(..., checkpoint_dir=..., resume=True)`` continues from the
+        last finished epoch instead.
+
+        Several processes: ``accelerator="cpu"`` or ``"gpu"``, ``devices=N`` and
+        ``strategy="ddp"`` train on N processes (Lightning runs the script again for ranks
+        1 ... N-1, so run it as a script file; on CPU they communicate through gloo). Every
+        rank generates the same batch order and trains on its own share of the batches
+        (Lightning's distributed sampler is not used: ``use_distributed_sampler=False``);
+        DDP keeps the weights alike on every rank, and after training every rank has rank 0's
+        ``history``. Save the model from rank 0 only (``model.trainer.is_global_zero``).
+        DDP runs with ``find_unused_parameters=True`` unless the strategy sets it (some
+        parameters get no gradient in some steps). scvi-tools turns early stopping off under
+        ``strategy="ddp"``. ``"ddp_spawn"``,
+        ``"ddp_fork"`` and ``"ddp_notebook"`` are refused (``ValueError``): they train in
+        child processes whose history and split do not come back to the calling process.
         """
         if max_epochs is None or int(max_epochs) < 1:
             raise ValueError(f"max_epochs must be at least 1, got {max_epochs}")
+        if resume and checkpoint_dir is None:
+            raise ValueError("resume=True needs checkpoint_dir, the folder of the run's checkpoint")
+        if resume and trainer_kwargs.get("ckpt_path") is not None:
+            raise ValueError("pass resume=True or a Lightning ckpt_path, not both")
+        _check_strategy(trainer_kwargs.get("strategy"))
+        # Our loaders shard their batches by rank themselves; Lightning's distributed sampler
+        # would wrap the batch sampler as if it yielded single cells.
+        trainer_kwargs.setdefault("use_distributed_sampler", False)
         datamodule = self._make_datamodule(
-            holdout_perturbations, validation_size, batch_size, control_cells, seed
+            holdout_perturbations,
+            validation_size,
+            batch_size,
+            control_cells,
+            seed,
+            datasplitter_kwargs=datasplitter_kwargs,
         )
         plan = self._training_plan_cls(
             self.module,
@@ -156,6 +256,33 @@ class TrainingMixin:
             trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
         trainer_kwargs["precision"] = resolve_precision(precision, accelerator)
         loggers, callbacks = make_loggers(logger, self, datamodule.val_idx)
+        if checkpoint_dir is not None:
+            path = Path(os.fspath(checkpoint_dir)).expanduser() / CHECKPOINT_FILE
+            setup = self._training_setup(
+                datamodule,
+                max_epochs=int(max_epochs),
+                optimizer=optimizer,
+                lr=lr,
+                weight_decay=weight_decay,
+                lr_schedule=lr_schedule,
+                warmup_fraction=warmup_fraction,
+                gradient_clip_val=gradient_clip_val,
+            )
+            if resume:
+                check_resumable(path, setup)
+                trainer_kwargs["ckpt_path"] = os.fspath(path)
+            elif path.exists():
+                warnings.warn(
+                    f"{path} holds the checkpoint of an earlier run: it is replaced at the end "
+                    "of the first epoch (pass resume=True to continue that run instead)",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            checkpoint_io = SafetensorsCheckpointIO()
+            plugins = trainer_kwargs.get("plugins") or []
+            plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+            trainer_kwargs["plugins"] = [*plugins, checkpoint_io]
+            callbacks.append(EpochCheckpoint(path, setup, checkpoint_io, loggers[0]))
         trainer_kwargs["logger"] = loggers
         trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *callbacks]
         runner = self._train_runner_cls(
@@ -169,19 +296,26 @@ class TrainingMixin:
             gradient_clip_val=gradient_clip_val,
             **trainer_kwargs,
         )
+        _check_strategy(runner.trainer.strategy)  # e.g. what "auto" chose
+        _find_unused_parameters(runner.trainer.strategy)
         # Checks done: from here on the model changes.
         trained_genes = torch.from_numpy(datamodule.trained_gene_positions())
         self.module.perturbation_encoder.trained_genes[trained_genes] = True
-        if self._effect_warm_start:
+        if self._effect_warm_start and not resume:  # the checkpoint has the weights
             self._warm_start_effects(datamodule, seed)
         known = {self._parse(p) for p in self.holdout_perturbations_}
         new = [p for p in datamodule.holdout_perturbations if self._parse(p) not in known]
         self.holdout_perturbations_ = sorted([*self.holdout_perturbations_, *new])
+        if resume:  # the run's history so far comes from the checkpoint
+            self.history_, self.is_trained_ = None, False
 
+        # Lightning trains the module in the mode it finds it in, and a model trained or
+        # interrupted before is in eval mode (no dropout, inference tokenisation).
+        self.module.train()
         main_thread = threading.current_thread() is threading.main_thread()
         sigint = signal.getsignal(signal.SIGINT) if main_thread else None
         try:
-            return runner()
+            runner()
         except (KeyboardInterrupt, SystemExit) as error:
             cause = _interruption(error, runner.trainer)
             if cause is None:
@@ -194,14 +328,38 @@ class TrainingMixin:
             self.test_indices = datamodule.test_idx
             self.is_trained_ = False
             self.module.eval()
+            resumable = ""
+            if checkpoint_dir is not None:
+                resumable = (
+                    f"; {checkpoint_dir} holds the checkpoint of the last finished epoch: "
+                    "train(..., checkpoint_dir=..., resume=True) on a model built as this one "
+                    "continues from it"
+                )
             raise TrainingInterrupted(
                 f"training interrupted ({cause}) after {finished} of {max_epochs} epochs: the "
                 "model keeps the weights, history and cell split reached so far, with "
                 "is_trained_ = False (set model.is_trained_ = True to use it as it is, or "
-                "call train() again)",
+                f"call train() again){resumable}",
                 finished,
                 int(max_epochs),
             ) from error
+        _share_history(self)
+
+    def _training_setup(self, datamodule: PerturbationDataSplitter, **options) -> dict:
+        """What a checkpoint must match to resume a run: the model's parameter names and
+        shapes, the cell split, the batches and the options of ``train`` (plain data)."""
+        split = np.concatenate([datamodule.train_idx, [-1], datamodule.val_idx])
+        return {
+            "model": type(self).__name__,
+            "parameters": {k: list(v.shape) for k, v in self.module.state_dict().items()},
+            "n_train": int(len(datamodule.train_idx)),
+            "n_val": int(len(datamodule.val_idx)),
+            "split_sha256": hashlib.sha256(split.astype(np.int64).tobytes()).hexdigest(),
+            "holdout_perturbations": list(datamodule.holdout_perturbations),
+            "batch_size": int(datamodule.batch_size),
+            "seed": int(datamodule.seed),
+            **{k: v.item() if isinstance(v, np.generic) else v for k, v in options.items()},
+        }
 
     def _make_datamodule(
         self,
@@ -210,6 +368,7 @@ class TrainingMixin:
         batch_size: int = 64,
         control_cells: np.ndarray | None = None,
         seed: int = 0,
+        datasplitter_kwargs: dict | None = None,
     ) -> PerturbationDataSplitter:
         """The data of :meth:`train`: split, control pairing and paired batches, checked.
 
@@ -261,6 +420,7 @@ class TrainingMixin:
             batch_size=batch_size,
             seed=seed,
             holdout_perturbations=holdout,
+            **(datasplitter_kwargs or {}),
         )
 
     @torch.no_grad()

@@ -11,6 +11,8 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .data._rows import is_backed_sparse, iter_row_chunks, iter_stored_values, rows_per_read
+
 logger = logging.getLogger(__name__)
 
 SAMPLED_VALUES = 10_000
@@ -37,22 +39,53 @@ def as_csr(matrix) -> sp.csr_matrix:
     return sp.csr_matrix(np.asarray(matrix, dtype=np.float32))
 
 
-def check_counts(matrix, layer: str | None, require_integer: bool, likelihood: str = "nb") -> None:
-    """NaN, infinite, negative and (optionally) non-integer values are errors."""
-    where = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
-    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
-    if hasattr(values, "compute"):  # dask arrays
-        values = values.compute()
-    values = np.asarray(values).ravel()
-    if not np.isfinite(values).all():
-        n = int((~np.isfinite(values)).sum())
-        raise ValueError(f"{where} contains {n} NaN or infinite values; counts must be finite")
-    if (values < 0).any():
+def _where(layer: str | None) -> str:
+    return f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
+
+
+def check_readable_rows(matrix, layer: str | None) -> None:
+    """A matrix read from disk must be readable by rows: a backed CSC matrix is not (anndata
+    loads all of it to read any row)."""
+    if is_backed_sparse(matrix) and matrix.format != "csr":
         raise ValueError(
-            f"{where} contains negative values (min {values.min():g}); PertTX expects raw counts"
+            f"{_where(layer)} is a backed {matrix.format.upper()} matrix: PertTX reads cells "
+            "(rows), which a backed CSC matrix can only give by loading all of it; write the "
+            "file with a CSR matrix (adata.X = adata.X.tocsr() before write_h5ad) or load it "
+            "into memory (adata.to_memory())"
         )
-    if require_integer and not np.all(values == np.round(values)):
-        example = values[values != np.round(values)][0]
+
+
+def check_counts(matrix, layer: str | None, require_integer: bool, likelihood: str = "nb") -> None:
+    """NaN, infinite, negative and (optionally) non-integer values are errors.
+
+    The stored values are checked in bounded chunks (:func:`~pertx_scvi.data._rows.
+    iter_stored_values`), so a matrix read from disk (backed AnnData) is never loaded whole.
+    """
+    where = _where(layer)
+    n_bad, smallest, example = 0, np.inf, None
+    for values in iter_stored_values(matrix):
+        values = np.asarray(values)
+        if not values.size:
+            continue
+        if np.issubdtype(values.dtype, np.integer) or values.dtype == bool:
+            smallest = min(smallest, float(values.min()))
+            continue
+        finite = np.isfinite(values)
+        n_bad += int(values.size - np.count_nonzero(finite))
+        if n_bad:
+            continue  # NaN or inf are reported first: only their count matters now
+        smallest = min(smallest, float(values.min()))
+        if require_integer and example is None:
+            fractional = values != np.round(values)
+            if fractional.any():
+                example = values[fractional][0]
+    if n_bad:
+        raise ValueError(f"{where} contains {n_bad} NaN or infinite values; counts must be finite")
+    if smallest < 0:
+        raise ValueError(
+            f"{where} contains negative values (min {smallest:g}); PertTX expects raw counts"
+        )
+    if example is not None:
         raise ValueError(
             f"{where} contains non-integer values (e.g. {example:g}) but the count likelihood "
             f"{likelihood!r} needs raw counts: pass layer= naming the raw counts, or for "
@@ -64,12 +97,13 @@ def check_counts(matrix, layer: str | None, require_integer: bool, likelihood: s
 def check_log_normalized(matrix, layer: str | None, max_value: float = 30.0) -> None:
     """Values set up as log-normalised must look it: log1p of counts per 1e4 stays below 10
     (per million, below 14); larger values are counts."""
-    where = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
-    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
-    largest = float(np.max(values)) if np.size(values) else 0.0
+    largest = 0.0
+    for values in iter_stored_values(matrix):
+        if np.size(values):
+            largest = max(largest, float(np.max(values)))
     if largest > max_value:
         raise ValueError(
-            f"{where} has values up to {largest:g}: that is not log-normalised data "
+            f"{_where(layer)} has values up to {largest:g}: that is not log-normalised data "
             "(log1p(normalize_total) stays below ~14); for raw counts leave "
             "is_log_normalized=False"
         )
@@ -125,19 +159,16 @@ def check_control_group(adata: AnnData, perturbation_key: str, control_group: st
         )
 
 
-def _sample_values(matrix, n_values: int) -> np.ndarray:
-    """Up to ``n_values`` non-zero values of a matrix (its first stored values / first rows)."""
-    if sp.issparse(matrix):
-        if not hasattr(matrix, "data") or not isinstance(matrix.data, np.ndarray):
-            matrix = sp.csr_matrix(matrix)
-        return np.asarray(matrix.data[:n_values], dtype=np.float64)
-    if hasattr(matrix, "compute"):  # dask arrays: the first rows only
-        matrix = matrix[: n_values // max(matrix.shape[1], 1) + 1].compute()
+def _sample_values(matrix, n_values: int, columns: np.ndarray | None = None) -> np.ndarray:
+    """Up to ``n_values`` non-zero values of the first rows of a matrix (in memory or read
+    from disk, in bounded row chunks), of its ``columns`` only when given."""
     values, n_found = [], 0
-    step = max(1, 100_000 // max(matrix.shape[1], 1))
-    for start in range(0, matrix.shape[0], step):
-        block = np.asarray(matrix[start : start + step], dtype=np.float64).ravel()
-        values.append(block[block != 0])
+    n_rows = min(rows_per_read(matrix), max(1, 100_000 // max(int(matrix.shape[1]), 1)))
+    for _, _, chunk in iter_row_chunks(matrix, n_rows):
+        if columns is not None:
+            chunk = chunk[:, columns]
+        found = chunk.data if sp.issparse(chunk) else np.asarray(chunk).reshape(-1)
+        values.append(np.asarray(found[found != 0], dtype=np.float64))
         n_found += len(values[-1])
         if n_found >= n_values:
             break
@@ -145,12 +176,17 @@ def _sample_values(matrix, n_values: int) -> np.ndarray:
 
 
 def check_input_counts(
-    matrix, layer: str | None, likelihood: str, n_values: int = SAMPLED_VALUES
+    matrix,
+    layer: str | None,
+    likelihood: str,
+    n_values: int = SAMPLED_VALUES,
+    columns: np.ndarray | None = None,
 ) -> None:
-    """Inputs of a trained model: the first ``n_values`` non-zeros are finite, non-negative and,
-    for a count likelihood, integers (a bounded check: cheap on any size of data)."""
-    where = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
-    values = _sample_values(matrix, n_values)
+    """Inputs of a trained model: the first ``n_values`` non-zeros (of ``columns`` when given)
+    are finite, non-negative and, for a count likelihood, integers (a bounded check: cheap on
+    any size of data, in memory or on disk)."""
+    where = _where(layer)
+    values = _sample_values(matrix, n_values, columns)
     if not np.isfinite(values).all():
         raise ValueError(
             f"{where} holds NaN or infinite values; PertTX predicts from the raw counts of {where}"

@@ -19,7 +19,7 @@ def screen(tiny_screen):
 
 @pytest.mark.parametrize(
     ("optimizer", "lr", "expected"),
-    [("adamw", 3e-3, "AdamW"), ("lion", 3e-4, "Lion"), ("prodigy", 1.0, "Prodigy")],
+    [("adamw", 3e-3, "AdamW"), ("lion", 1e-3, "Lion"), ("prodigy", 1.0, "Prodigy")],
 )
 def test_optimizers_are_used_and_train(screen, optimizer, lr, expected, tiny_model):
     model = px.PertTX(screen, **tiny_model)

@@ -26,6 +26,25 @@ class ControlSampler:
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
         self.context_names = context_names
 
+    @property
+    def control_cells(self) -> np.ndarray:
+        """Row positions of the control cells that may serve as sources, sorted."""
+        return np.sort(self.sorted_controls)
+
+    def capped(self, max_per_context: int, seed: int = 0) -> "ControlSampler":
+        """A sampler over at most ``max_per_context`` control cells of each context, a random
+        subset fixed by ``seed`` (all of a context's controls when it has fewer)."""
+        if int(max_per_context) < 1:
+            raise ValueError(f"max_cached_controls must be at least 1, got {max_per_context}")
+        # Sorted by context, a random order within each context: the first ones are kept.
+        rng = np.random.default_rng(seed)
+        ctx = self.context[self.sorted_controls]
+        order = np.lexsort((rng.random(len(ctx)), ctx))
+        rank = np.arange(len(ctx)) - self.offsets[ctx[order]]
+        kept = self.sorted_controls[order][rank < int(max_per_context)]
+        # In position order, as the full sampler: the same draws when nothing is dropped.
+        return ControlSampler(np.sort(kept), self.context, self.context_names)
+
     def check_targets(self, targets: np.ndarray) -> None:
         """Raise a ValueError naming every context of ``targets`` that has no control cell."""
         needed = np.unique(self.context[targets])
