@@ -156,7 +156,7 @@ def _no_builtin_docstrings(app, what, name, obj, options, lines):
 
 
 # Subpackages whose ``__all__`` the API page has to cover (plus the top-level names).
-_API_MODULES = ("graphs", "datasets", "metrics", "pl", "benchmark", "module")
+_API_MODULES = ("graphs", "datasets", "metrics", "pl", "benchmark", "module", "data", "train")
 
 
 def _resolve(dotted):
