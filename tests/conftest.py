@@ -73,19 +73,23 @@ def simulated_cell_types():
     return px.datasets.simulate(**SCREEN, n_cell_types=3)
 
 
+# A tiny screen: 40 genes, 60 controls, REG00-REG05 (10 cells each) and two combinations.
+TINY_SIMULATION = {
+    "n_genes": 40,
+    "n_regulators": 6,
+    "n_modules": 2,
+    "n_control_cells": 60,
+    "n_cells_per_perturbation": 10,
+    "n_combinations": 2,
+    "seed": 1,
+}
+
+
 @pytest.fixture(scope="session")
 def tiny_simulation():
-    """``(adata, truth, network)`` of a tiny screen: 40 genes, 60 controls, REG00-REG05 (10
-    cells each) and two combinations. Copy ``adata`` before changing or registering it."""
-    return px.datasets.simulate(
-        n_genes=40,
-        n_regulators=6,
-        n_modules=2,
-        n_control_cells=60,
-        n_cells_per_perturbation=10,
-        n_combinations=2,
-        seed=1,
-    )
+    """``(adata, truth, network)`` of :data:`TINY_SIMULATION`. Copy ``adata`` before changing
+    or registering it."""
+    return px.datasets.simulate(**TINY_SIMULATION)
 
 
 @pytest.fixture(scope="session")

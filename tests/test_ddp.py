@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 import torch
+from conftest import TINY_SIMULATION
 from safetensors.torch import load_file
 
 import pertx_scvi as px
@@ -27,15 +28,7 @@ SCRIPT = textwrap.dedent(
     import pertx_scvi as px
 
     out = Path(sys.argv[1])
-    adata = px.datasets.simulate(
-        n_genes=40,
-        n_regulators=6,
-        n_modules=2,
-        n_control_cells=60,
-        n_cells_per_perturbation=10,
-        n_combinations=2,
-        seed=1,
-    )[0]
+    adata = px.datasets.simulate(**json.loads(sys.argv[2]))[0]
     px.PertTX.setup_anndata(adata, perturbation_key="perturbation", control_group="control")
     torch.manual_seed(0)
     model = px.PertTX(adata, d_model=16, n_layers=1, n_heads=2, d_hidden=32, dropout=0.1)
@@ -75,7 +68,7 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     for key in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
         env.pop(key, None)  # a fresh group; Lightning picks a free port
     done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)],
+        [sys.executable, str(script), str(tmp_path), json.dumps(TINY_SIMULATION)],
         cwd=tmp_path,
         env=env,
         capture_output=True,

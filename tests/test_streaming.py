@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY_SIMULATION
 
 import pertx_scvi as px
 from pertx_scvi.module._expected import exact_expected_log_normalized
@@ -18,16 +19,7 @@ LABELS = ["REG01", "REG02", "REG01+REG02"]
 @pytest.fixture(scope="module")
 def trained(tiny_model, train_model):
     """A tiny screen with two cell types and a phenotype (so the heads write columns)."""
-    adata = px.datasets.simulate(
-        n_genes=40,
-        n_regulators=6,
-        n_modules=2,
-        n_control_cells=60,
-        n_cells_per_perturbation=10,
-        n_combinations=2,
-        n_cell_types=2,
-        seed=1,
-    )[0].copy()
+    adata = px.datasets.simulate(**TINY_SIMULATION, n_cell_types=2)[0].copy()
     px.PertTX.setup_anndata(
         adata,
         perturbation_key="perturbation",

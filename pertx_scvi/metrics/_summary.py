@@ -483,6 +483,16 @@ def lower_is_better(metric: str) -> bool:
     return str(metric).startswith(LOWER_IS_BETTER)
 
 
+def per_metric_wide(df: pd.DataFrame, metrics: Sequence[str] | None = None):
+    """``(metric, table)`` pairs: per metric of ``metrics`` (default: all in ``df``) found in
+    the tidy ``df``, its values as perturbations (and folds, with a ``fold`` column) x methods."""
+    keys = ["fold", "perturbation"] if "fold" in df.columns else ["perturbation"]
+    wide = df.pivot_table(index=["metric", *keys], columns="method", values="value", dropna=False)
+    for metric in metrics or list(pd.unique(df["metric"])):
+        if metric in wide.index.get_level_values(0):
+            yield metric, wide.loc[metric]
+
+
 def paired_differences(
     df: pd.DataFrame,
     reference: str = "PertTX",
@@ -528,14 +538,9 @@ def paired_differences(
         raise ValueError(
             f"method {reference!r} is not in df (methods: {list(pd.unique(df.method))})"
         )
-    keys = ["fold", "perturbation"] if "fold" in df.columns else ["perturbation"]
-    wide = df.pivot_table(index=["metric", *keys], columns="method", values="value", dropna=False)
     lo_q, hi_q = (1 - ci) / 2, (1 + ci) / 2
     rows = []
-    for metric in metrics or list(pd.unique(df["metric"])):
-        if metric not in wide.index.get_level_values(0):
-            continue
-        part = wide.loc[metric]
+    for metric, part in per_metric_wide(df, metrics):
         for method in [m for m in pd.unique(df["method"]) if m != reference]:
             pair = part[[reference, method]].dropna()
             d = (pair[reference] - pair[method]).to_numpy(dtype=np.float64)

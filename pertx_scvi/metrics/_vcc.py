@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ._summary import lower_is_better
+from ._summary import lower_is_better, per_metric_wide
 
 __all__ = ["vcc_scores"]
 
@@ -81,14 +81,10 @@ def vcc_scores(
     baselines = [b for b in baselines if b in present]
     if not baselines:
         raise ValueError(f"no baseline in df to compare with (methods: {present})")
-    keys = ["fold", "perturbation"] if "fold" in df.columns else ["perturbation"]
-    wide = df.pivot_table(index=["metric", *keys], columns="method", values="value", dropna=False)
     lo_q, hi_q = (1 - ci) / 2, (1 + ci) / 2
     rows = []
-    for metric in metrics or list(pd.unique(df["metric"])):
-        if metric not in wide.index.get_level_values(0):
-            continue
-        part = wide.loc[metric][[method, replicate, *baselines]].dropna()
+    for metric, table in per_metric_wide(df, metrics):
+        part = table[[method, replicate, *baselines]].dropna()
         row: dict = {"metric": metric, "n": len(part)}
         if part.empty:
             rows.append(row)
