@@ -82,6 +82,8 @@ class _RowStore:
         """Write ``value`` (the first rows) as anndata would, then extend it to every row."""
         parent, _, name = key.rpartition("/")
         group = self.root[parent] if parent else self.root
+        if isinstance(value, pd.DataFrame):  # pandas 3's string index is written as a group
+            value = value.set_axis(value.index.astype(object))
         n_columns = None if isinstance(value, pd.DataFrame) else value.shape[1]
         write_elem(group, name, value, dataset_kwargs=self._kwargs(n_columns))
         for array in self._arrays(key, value):
@@ -215,10 +217,10 @@ def _write(blocks, layout, partial: Path, scratch: Path, file_format: str, batch
             if pieces is not None:
                 for s, draw in enumerate(block.samples):
                     counts = sp.csr_matrix(draw.cpu().numpy(), dtype=np.float32)
-                    pieces.append(f"{block.perturbation}/{s}", counts)
+                    pieces.append(f"{block.perturbation}_{s}", counts)
         if pieces is not None:
             keys = [
-                f"{p}/{s}"
+                f"{p}_{s}"
                 for p in range(len(layout.perturbations))
                 for s in range(layout.n_samples)
             ]
