@@ -158,6 +158,7 @@ class SafetensorsCheckpointIO(CheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
     ) -> None:
+        """Write ``checkpoint`` to ``path`` as safetensors + JSON (:func:`write_checkpoint`)."""
         if storage_options is not None:
             raise TypeError("SafetensorsCheckpointIO takes no storage_options")
         if not self.hold:
@@ -183,10 +184,12 @@ class SafetensorsCheckpointIO(CheckpointIO):
     def load_checkpoint(
         self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
+        """The checkpoint at ``path`` (:func:`read_checkpoint`; nothing is unpickled)."""
         # map_location is left to Lightning, which moves the states to the model's device
         return read_checkpoint(path)
 
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
+        """Delete the checkpoint at ``path`` if it exists."""
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
 
