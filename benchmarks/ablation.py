@@ -8,8 +8,10 @@ Usage::
 
 Each ``--arm NAME:KEY=VALUE,KEY=VALUE`` is one :func:`pertx_scvi.benchmark.benchmark` run into
 ``<out>/<NAME>/`` with the same data, folds, seed and settings; ``graph=`` (``go``,
-``go,omnipath``, ``none``...) sets the arm's gene graph (default: ``--graph``), every other key
-is a :class:`~pertx_scvi.PertTX` argument (``model_options``; VALUE read as JSON, else text).
+``go,omnipath``, ``none``...) sets the arm's gene graph (default: ``--graph``),
+``shuffled_graph=true`` also trains the arm's model on degree-preserving shuffles of its graphs
+(reported as the arm ``<NAME>_shuffled``), every other key is a :class:`~pertx_scvi.PertTX`
+argument (``model_options``; VALUE read as JSON, else text).
 Runs already in ``<out>`` are reused (the benchmark's fold cache). The first arm is the
 reference: the table gives, per headline metric, PertTX's mean in each arm and the paired
 difference from the reference (95 % bootstrap interval over the held-out perturbations,
@@ -20,6 +22,7 @@ difference from the reference (95 % bootstrap interval over the held-out perturb
 from __future__ import annotations
 
 import argparse
+import re
 import json
 import time
 from pathlib import Path
@@ -35,7 +38,8 @@ def parse_arm(spec: str) -> tuple[str, dict]:
     """``NAME:KEY=VALUE,...`` as ``(name, options)`` (values as JSON where they parse)."""
     name, _, rest = spec.partition(":")
     options = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
+    # a comma starts a new KEY=VALUE only before "KEY=": graph=go,omnipath stays one value
+    for item in filter(None, (part.strip() for part in re.split(r",(?=\s*\w+=)", rest))):
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--arm {spec!r}: {item!r} is not KEY=VALUE")
@@ -47,15 +51,19 @@ def parse_arm(spec: str) -> tuple[str, dict]:
 
 
 def pertx_rows(run: Path, arm: str) -> pd.DataFrame:
-    """PertTX's per-perturbation headline values of one run, named ``arm``."""
+    """PertTX's per-perturbation headline values of one run, named ``arm``; the run's shuffled
+    graph twin, if it has one, as ``<arm>_shuffled``."""
     table = pd.read_csv(run / "metrics.csv")
-    table = table[(table["method"] == "PertTX") & table["metric"].isin(HEADLINE)]
-    return table.assign(method=arm)
+    table = table[table["metric"].isin(HEADLINE)]
+    names = {"PertTX": arm, "PertTX_shuffled_graph": f"{arm}_shuffled"}
+    table = table[table["method"].isin(list(names))]
+    return table.assign(method=table["method"].map(names))
 
 
 def compare(out: Path, arms: list[str], seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Means per arm and paired differences from the first arm, per headline metric."""
     rows = pd.concat([pertx_rows(out / arm, arm) for arm in arms], ignore_index=True)
+    arms = list(dict.fromkeys(rows["method"]))
     reference = arms[0]
     means = rows.groupby(["method", "metric"])["value"].mean().unstack("metric")
     paired = px.metrics.paired_differences(
@@ -81,6 +89,7 @@ def main() -> None:
     for spec in args.arm:
         name, options = parse_arm(spec)
         graph = options.pop("graph", args.graph)
+        shuffled = bool(options.pop("shuffled_graph", False))
         started = time.perf_counter()
         px.benchmark.benchmark(
             "simulated" if args.quick else args.data,
@@ -90,6 +99,7 @@ def main() -> None:
             seed=args.seed,
             threads=args.threads,
             quick=args.quick,
+            shuffled_graph=shuffled,
             model_options=options or None,
             plots=False,
             progress=False,

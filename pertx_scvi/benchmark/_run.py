@@ -66,13 +66,20 @@ def _resolve(value: Any, name: str, quick: bool) -> Any:
 
 def _plain_options(options: dict[str, Any]) -> dict[str, Any]:
     """``PertTX`` keyword arguments of ``model_options``: plain values only (they are hashed
-    into the run's configuration and written to ``config.json``)."""
+    into the run's configuration and written to ``config.json``), or dicts of them such as
+    ``graph_kwargs={"free_dim": 0}``."""
     plain = (str, int, float, bool, type(None))
-    bad = {k: type(v).__name__ for k, v in options.items() if not isinstance(v, plain)}
+
+    def is_plain(value: Any) -> bool:
+        if isinstance(value, dict):
+            return all(isinstance(k, str) and isinstance(v, plain) for k, v in value.items())
+        return isinstance(value, plain)
+
+    bad = {k: type(v).__name__ for k, v in options.items() if not is_plain(v)}
     if bad:
         raise TypeError(
-            f"model_options takes plain values (str, number, bool, None), got {bad}; pass "
-            "tables and graphs by name or file path"
+            f"model_options takes plain values (str, number, bool, None) or dicts of them, got "
+            f"{bad}; pass tables and graphs by name or file path"
         )
     reserved = {"d_model", "n_layers", "n_heads", "gene_graph", "id_table"} & set(options)
     if reserved:
