@@ -22,8 +22,8 @@ difference from the reference (95 % bootstrap interval over the held-out perturb
 from __future__ import annotations
 
 import argparse
-import re
 import json
+import re
 import time
 from pathlib import Path
 
