@@ -10,7 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pertx_scvi.graphs import GeneGraph, GraphReport, go_embedding, read_gene_embedding
+from pertx_scvi.graphs import (
+    GeneGraph,
+    GraphReport,
+    go_embedding,
+    read_gene_embedding,
+    target_coverage,
+)
 from pertx_scvi.graphs._go_sources import gene_term_matrix, topk_jaccard
 
 IFN = ["IFNG", "IFNGR1", "IFNGR2", "JAK1", "JAK2", "STAT1", "IRF1"]
@@ -826,3 +832,30 @@ def test_pairs_helper_sanity():
     # the brute-force reference itself on a trivial case
     ann = pd.DataFrame({"gene": ["A", "B", "C"], "term": ["t", "t", "u"]})
     assert _brute_topk(ann, 5, 0.1) == {("A", "B"), ("B", "A")}
+
+
+def test_target_coverage_counts_trained_neighbours_per_source_and_fold():
+    go = GeneGraph(pd.DataFrame({"source": ["A", "A", "B"], "target": ["B", "C", "D"]}))
+    ppi = GeneGraph(
+        pd.DataFrame({"source": ["MARCHF8", "E"], "target": ["A", "F"], "relation": "ppi"})
+    )
+    ids = pd.DataFrame({"id": ["MARCH8"], "symbol": ["MARCHF8"]})
+    coverage = target_coverage(
+        {"go": go, "ppi": ppi},
+        ["A", "MARCH8", "E"],
+        trained={"A": ["B", "C", "MARCH8"], "MARCH8": ["A", "B"], "E": ["A"]},
+        id_table=ids,
+    ).set_index(["target", "source"])
+    # A: both directions count, only trained genes count, renamed genes are reported by the
+    # name the caller used
+    assert coverage.loc[("A", "go"), "trained_neighbours"] == "B,C"
+    assert coverage.loc[("A", "ppi"), "trained_neighbours"] == "MARCH8"
+    assert coverage.loc[("MARCH8", "ppi"), "node"] == "MARCHF8"
+    assert coverage.loc[("MARCH8", "ppi"), "n_trained_neighbours"] == 1
+    assert coverage.loc[("MARCH8", "go"), "node"] is None
+    assert coverage.loc[("MARCH8", "go"), "degree"] == 0
+    # E has a neighbour (F), but no trained one
+    assert coverage.loc[("E", "ppi"), "degree"] == 1
+    assert coverage.loc[("E", "ppi"), "n_trained_neighbours"] == 0
+    with pytest.raises(KeyError, match="'E'"):
+        target_coverage({"go": go}, ["A", "E"], trained={"A": ["B"]})
