@@ -326,6 +326,18 @@ class PertTX(
         observed mean effect in the training cells (against controls of the same context), so
         that training starts where the additive baseline is (and, through the retrieval, where
         the graph-neighbour baseline is for untrained genes) instead of at zero.
+    effect_network
+        Which perturbed genes get the decoder's gene-specific network residual
+        (``effect(z, e_g)``): ``"all"``, or ``"retrieved"``: only genes whose effect is
+        retrieved (never trained, or left out in a training step), so that a trained gene's
+        effect is its effect-table row and the network is the unseen-gene path only; the
+        genes left out of a step are then left out of the graph encoder and the retrieval
+        together (one draw), so that this path is trained exactly as it is used.
+    effect_lr_scale
+        Learning rate of the per-gene effects (effect table, the decoder's shared and
+        knockdown effects) relative to the training learning rate, without weight decay: the
+        warm start has measured them already, and Adam's steps of about the learning rate per
+        coordinate would otherwise move small effects at random.
     gene_token_embedding
         Pretrained vectors for the transformer's gene tokens (the measured genes; the
         perturbation side's table is ``gene_embedding``): a DataFrame genes x dims, a
@@ -401,6 +413,8 @@ class PertTX(
         effect_table: bool = True,
         effect_retrieval: bool = True,
         effect_warm_start: bool = True,
+        effect_network: str = "all",
+        effect_lr_scale: float = 1.0,
         gene_token_embedding: pd.DataFrame | dict | str | os.PathLike | None = None,
     ):
         super().__init__(adata)
@@ -505,6 +519,8 @@ class PertTX(
                 self.graph_setup_.graphs if effect_retrieval and self.graph_setup_ else None
             ),
             retrieval_leave_out=graph_self_dropout,
+            effect_network=effect_network,
+            effect_lr_scale=effect_lr_scale,
             gene_token_table=token_table,
             gene_token_found=token_found,
         )

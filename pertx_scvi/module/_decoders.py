@@ -75,16 +75,19 @@ class NextCellDecoder(nn.Module):
         members: torch.Tensor,
         pooled: torch.Tensor,
         gene_sets: torch.Tensor,
+        residual_members: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Decoder output for sources ``z`` (B, d), member-gene embeddings (B, K, d), set
-        embeddings ``pooled`` (B, d) and the padded gene sets (B, K)."""
+        embeddings ``pooled`` (B, d) and the padded gene sets (B, K); ``residual_members``
+        (B, K) bool: the members that get the gene-specific ``effect`` (default: all)."""
         out = self.control(z)
         valid = gene_sets >= 0
         if not valid.any():
             return out
         n_members = valid.sum(1, keepdim=True).float()
         # Gene-specific residuals only for real members (padding contributes nothing).
-        rows, slots = valid.nonzero(as_tuple=True)
+        with_residual = valid if residual_members is None else valid & residual_members
+        rows, slots = with_residual.nonzero(as_tuple=True)
         residual = torch.zeros_like(out).index_add_(
             0, rows, self.effect(torch.cat([z[rows], members[rows, slots]], dim=-1))
         )

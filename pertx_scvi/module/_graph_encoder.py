@@ -339,13 +339,18 @@ class GraphPerturbationEncoder(PerturbationEncoder):
         return self.embed_genes_for_loss(genes)[0]
 
     def embed_genes_for_loss(
-        self, genes: torch.Tensor
+        self, genes: torch.Tensor, left_out: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[LinkInputs] | None]:
         """Embeddings of ``genes`` and, in training with ``graph_weight``, the inputs of
-        :meth:`regularization_loss` (one per view)."""
+        :meth:`regularization_loss` (one per view). ``left_out`` (a boolean mask over the
+        vocabulary, training only) says which seeds are embedded as never perturbed, in place
+        of this encoder's own ``self_dropout`` draw."""
         links = [] if self.training and self.graph_weight > 0 else None
         seeds, rows = self._seeds_for(genes.long())
-        hidden = self._encode(seeds, links)
+        hidden = None
+        if self.training and left_out is not None:
+            hidden = left_out[seeds]
+        hidden = self._encode(seeds, links, hidden)
         return self.output(hidden[rows]), links
 
     def _seeds_for(self, genes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -383,7 +388,12 @@ class GraphPerturbationEncoder(PerturbationEncoder):
         x = torch.where(known[:, None], x, self.unknown)
         return self.input_norm(x)
 
-    def _encode(self, seeds: torch.Tensor, links: list[LinkInputs] | None = None) -> torch.Tensor:
+    def _encode(
+        self,
+        seeds: torch.Tensor,
+        links: list[LinkInputs] | None = None,
+        hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(len(seeds), d_model) embeddings of sorted unique seeds, views fused; the first-step
         outputs of each view are appended to ``links`` when given.
 
@@ -394,8 +404,7 @@ class GraphPerturbationEncoder(PerturbationEncoder):
         e.g. regulator -> target -> regulator, and the encoder would learn to recognise trained
         genes from those echoes instead of learning from their neighbours.)
         """
-        hidden = None
-        if self.training and self.self_dropout > 0:
+        if hidden is None and self.training and self.self_dropout > 0:
             hidden = torch.rand(len(seeds), device=seeds.device) < self.self_dropout
         if not self.n_views:
             return self.node_inputs(seeds, hidden)

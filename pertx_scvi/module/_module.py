@@ -131,6 +131,14 @@ class PertTXModule(BaseModuleClass):
     retrieval_graphs, retrieval_leave_out
         Prior graph views over the perturbation genes through which untrained genes borrow
         effects (``None``: none) and the leave-out probability.
+    effect_network
+        Members that get the decoder's gene-specific network residual: ``"all"``, or
+        ``"retrieved"`` (those whose effect is retrieved, never trained or left out in the
+        step: the network is then the unseen-gene path only, and a trained gene's effect is
+        its table row).
+    effect_lr_scale
+        Learning rate of the per-gene effects (effect table, ``mean_shift``, ``self_effect``)
+        relative to the rest (:meth:`optimizer_groups`), without weight decay.
     gene_token_table, gene_token_found
         (n_genes, d_model) pretrained gene-token vectors and the (n_genes,) mask of the genes
         that have one: those token rows start from the table and stay frozen until
@@ -182,11 +190,19 @@ class PertTXModule(BaseModuleClass):
         effect_genes: torch.Tensor | None = None,
         retrieval_graphs: list[GraphTensors] | None = None,
         retrieval_leave_out: float = 0.5,
+        effect_network: str = "all",
+        effect_lr_scale: float = 1.0,
         log_normalized_input: bool = False,
         gene_token_table: torch.Tensor | None = None,
         gene_token_found: torch.Tensor | None = None,
     ):
         super().__init__()
+        if effect_network not in ("all", "retrieved"):
+            raise ValueError(f"effect_network must be 'all' or 'retrieved', got {effect_network!r}")
+        self.effect_network = effect_network
+        if effect_lr_scale < 0:
+            raise ValueError(f"effect_lr_scale must be >= 0, got {effect_lr_scale}")
+        self.effect_lr_scale = float(effect_lr_scale)
         if likelihood not in ("nb", "zinb", "mse"):
             raise ValueError(f"likelihood must be 'nb', 'zinb' or 'mse', got {likelihood!r}")
         if log_normalized_input and likelihood != "mse":
@@ -370,18 +386,61 @@ class PertTXModule(BaseModuleClass):
         ``regularization_inputs`` when the perturbation encoder returned inputs for its
         ``regularization_loss`` (graph encoders in training).
         """
-        members, regularization_inputs = self.perturbation_encoder.member_vectors(gene_sets)
+        left_out = self._left_out(gene_sets)
+        members, regularization_inputs = self.perturbation_encoder.member_vectors(
+            gene_sets, left_out
+        )
         pooled = self.perturbation_encoder.pool(members, gene_sets)
-        out = {"output": self.decoder(z, members, pooled, gene_sets)}
+        residual_members = None
+        if self.effect_network == "retrieved" and self.retrieval is not None:
+            residual_members = ~self.retrieval.looked_up(gene_sets, left_out)
+        out = {"output": self.decoder(z, members, pooled, gene_sets, residual_members)}
         if regularization_inputs is not None:
             out["regularization_inputs"] = regularization_inputs
         if self.retrieval is not None:
-            out["output"] = out["output"] + self.retrieval(gene_sets)
+            out["output"] = out["output"] + self.retrieval(gene_sets, left_out)
         if self.dropout_head is not None:
             out["dropout_logits"] = self.dropout_head(torch.cat([z, pooled], dim=-1))
         if heads and self.next_embedding is not None:
             out["next_z"] = self.next_embedding(z, pooled)
         return out
+
+    def optimizer_groups(self, params: list[nn.Parameter], lr: float) -> list[dict]:
+        """Optimiser parameter groups of ``params``: the per-gene effects (effect table,
+        ``mean_shift``, ``self_effect``) at ``lr * effect_lr_scale`` without weight decay, the
+        rest as the optimiser is configured. The effects start at measured values (the warm
+        start); Adam moves every coordinate by about the learning rate per step whatever its
+        gradient, which at the rate the transformer needs is a random walk of the small
+        effects that carry most genes."""
+        effects = [self.decoder.mean_shift, self.decoder.self_effect]
+        if self.retrieval is not None:
+            effects.append(self.retrieval.effects)
+        slow = {id(p) for p in effects}
+        rest = [p for p in params if id(p) not in slow]
+        chosen = [p for p in params if id(p) in slow]
+        if self.effect_lr_scale == 1.0 or not chosen:
+            return [{"params": params}]
+        return [
+            {"params": rest},
+            {"params": chosen, "lr": lr * self.effect_lr_scale, "weight_decay": 0.0},
+        ]
+
+    def _left_out(self, gene_sets: torch.Tensor) -> torch.Tensor | None:
+        """With ``effect_network="retrieved"``, in training: the genes of the step taken as
+        never perturbed (a boolean mask over the vocabulary, each gene with probability
+        ``leave_out``), drawn once so that the perturbation encoder hides their learned vectors
+        exactly when the retrieval replaces their effects and the decoder's network serves
+        them. Otherwise None: the encoder and the retrieval draw independently."""
+        if self.effect_network != "retrieved":
+            return None
+        if not self.training or self.retrieval is None or self.retrieval.leave_out <= 0:
+            return None
+        left_out = torch.zeros(
+            self.retrieval.n_vocabulary, dtype=torch.bool, device=gene_sets.device
+        )
+        genes = torch.unique(gene_sets[gene_sets >= 0])
+        left_out[genes] = torch.rand(len(genes), device=genes.device) < self.retrieval.leave_out
+        return left_out
 
     def predict_heads(self, z: torch.Tensor, next_cell: bool = False) -> dict[str, torch.Tensor]:
         """Outputs of the trained heads for cell embeddings ``z``.

@@ -43,9 +43,12 @@ class PerturbationEncoder(nn.Module):
         """Boolean mask over the vocabulary: genes this encoder gives a meaningful embedding."""
         return self.trained_genes
 
-    def embed_genes_for_loss(self, genes: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    def embed_genes_for_loss(
+        self, genes: torch.Tensor, left_out: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Any]:
         """:meth:`embed_genes` and the inputs of :meth:`regularization_loss` that come with
-        these embeddings (None here: no regulariser)."""
+        these embeddings (None here: no regulariser). ``left_out`` (a boolean mask over the
+        vocabulary) names trained genes to embed as if never perturbed; ignored here."""
         return self.embed_genes(genes), None
 
     def regularization_loss(self, inputs: Any) -> torch.Tensor | None:
@@ -53,16 +56,19 @@ class PerturbationEncoder(nn.Module):
         ``inputs`` returned with a step's embeddings (:meth:`member_vectors`); None here."""
         return None
 
-    def member_vectors(self, gene_sets: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    def member_vectors(
+        self, gene_sets: torch.Tensor, left_out: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Any]:
         """Embeddings (batch, max_set_size, d_model) of each member gene, zero at padding, and
-        the inputs of :meth:`regularization_loss` that come with them (None without members)."""
+        the inputs of :meth:`regularization_loss` that come with them (None without members).
+        ``left_out``: see :meth:`embed_genes_for_loss`."""
         valid = gene_sets >= 0
         out = torch.zeros(*gene_sets.shape, self.d_model, device=gene_sets.device)
         inputs = None
         if valid.any():
             # Embed each distinct gene of the batch once, whatever the number of cells naming it.
             genes, inverse = torch.unique(gene_sets[valid], return_inverse=True)
-            vectors, inputs = self.embed_genes_for_loss(genes)
+            vectors, inputs = self.embed_genes_for_loss(genes, left_out)
             out[valid] = vectors[inverse]
         return out, inputs
 

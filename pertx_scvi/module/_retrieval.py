@@ -125,15 +125,31 @@ class EffectRetrieval(nn.Module):
             out = out + pi * summed / (mass + lam)[:, None]
         return out
 
-    def forward(self, gene_sets: torch.Tensor) -> torch.Tensor:
-        """Summed effect (batch, n_genes) of the member genes of padded ``gene_sets`` (B, K)."""
+    def looked_up(self, gene_sets: torch.Tensor, left_out: torch.Tensor | None) -> torch.Tensor:
+        """(B, K) bool: members of padded ``gene_sets`` whose effect is looked up in the table
+        (trained and not in ``left_out``) rather than retrieved."""
+        looked_up = self.trained_genes[gene_sets.clamp(min=0)] & (gene_sets >= 0)
+        if left_out is not None:
+            looked_up = looked_up & ~left_out[gene_sets.clamp(min=0)]
+        return looked_up
+
+    def forward(
+        self, gene_sets: torch.Tensor, left_out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Summed effect (batch, n_genes) of the member genes of padded ``gene_sets`` (B, K).
+
+        ``left_out`` (training only): a boolean mask over the vocabulary of the genes retrieved
+        instead of looked up, in place of this module's own ``leave_out`` draw (so that the
+        module can leave the same genes out of the perturbation encoder)."""
         valid = gene_sets >= 0
         out = torch.zeros(gene_sets.shape[0], self.effects.shape[1], device=gene_sets.device)
         if not valid.any():
             return out
         genes, slot = torch.unique(gene_sets[valid], return_inverse=True)
         looked_up = self.trained_genes[genes]
-        if self.training and self.leave_out > 0:
+        if self.training and left_out is not None:
+            looked_up = looked_up & ~left_out[genes]
+        elif self.training and self.leave_out > 0:
             kept = torch.rand(len(genes), device=genes.device) >= self.leave_out
             looked_up = looked_up & kept
         own = self.effects[self.row_of[genes].clamp(min=0)]

@@ -64,7 +64,11 @@ class PertTXTrainingPlan(TrainingPlan):
         self.warmup_fraction = warmup_fraction
 
     def _create_optimizer(self, params):
-        """scvi-tools' ``optimizer_creator``: the named optimiser on the trainable parameters."""
+        """scvi-tools' ``optimizer_creator``: the named optimiser on the trainable parameters,
+        in the module's parameter groups where it has them (``optimizer_groups``)."""
+        groups = getattr(self.module, "optimizer_groups", None)
+        if groups is not None:
+            params = groups(list(params), self.lr)
         return make_optimizer(self.optimizer_kind, params, self.lr, self.weight_decay)
 
     def configure_optimizers(self):
