@@ -42,7 +42,7 @@ def main() -> None:
     every = [g for fold in folds for g in fold]
     trained = {t: [g for g in every if g not in fold] for fold in folds for t in fold}
     graphs, names = _sources.load_graphs(args.graph)
-    id_table = _sources._find(_sources.ID_TABLE_FILE, None)
+    id_table = px.datasets.find_data_file(_sources.ID_TABLE_FILE)
     coverage = px.graphs.target_coverage(
         dict(zip(names, graphs, strict=True)), every, trained, id_table
     )

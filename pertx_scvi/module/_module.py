@@ -393,7 +393,8 @@ class PertTXModule(BaseModuleClass):
         pooled = self.perturbation_encoder.pool(members, gene_sets)
         residual_members = None
         if self.effect_network == "retrieved" and self.retrieval is not None:
-            residual_members = ~self.retrieval.looked_up(gene_sets, left_out)
+            # padding slots are left out by the decoder itself
+            residual_members = ~self.retrieval.looked_up(gene_sets.clamp(min=0), left_out)
         out = {"output": self.decoder(z, members, pooled, gene_sets, residual_members)}
         if regularization_inputs is not None:
             out["regularization_inputs"] = regularization_inputs
@@ -431,9 +432,12 @@ class PertTXModule(BaseModuleClass):
         ``leave_out``), drawn once so that the perturbation encoder hides their learned vectors
         exactly when the retrieval replaces their effects and the decoder's network serves
         them. Otherwise None: the encoder and the retrieval draw independently."""
-        if self.effect_network != "retrieved":
-            return None
-        if not self.training or self.retrieval is None or self.retrieval.leave_out <= 0:
+        if (
+            self.effect_network != "retrieved"
+            or not self.training
+            or self.retrieval is None
+            or self.retrieval.leave_out <= 0
+        ):
             return None
         left_out = torch.zeros(
             self.retrieval.n_vocabulary, dtype=torch.bool, device=gene_sets.device

@@ -125,12 +125,12 @@ class EffectRetrieval(nn.Module):
             out = out + pi * summed / (mass + lam)[:, None]
         return out
 
-    def looked_up(self, gene_sets: torch.Tensor, left_out: torch.Tensor | None) -> torch.Tensor:
-        """(B, K) bool: members of padded ``gene_sets`` whose effect is looked up in the table
-        (trained and not in ``left_out``) rather than retrieved."""
-        looked_up = self.trained_genes[gene_sets.clamp(min=0)] & (gene_sets >= 0)
+    def looked_up(self, genes: torch.Tensor, left_out: torch.Tensor | None) -> torch.Tensor:
+        """Bool, shaped as ``genes`` (vocabulary positions): whose effect is looked up in the
+        table (trained and not in ``left_out``) rather than retrieved."""
+        looked_up = self.trained_genes[genes]
         if left_out is not None:
-            looked_up = looked_up & ~left_out[gene_sets.clamp(min=0)]
+            looked_up = looked_up & ~left_out[genes]
         return looked_up
 
     def forward(
@@ -146,10 +146,8 @@ class EffectRetrieval(nn.Module):
         if not valid.any():
             return out
         genes, slot = torch.unique(gene_sets[valid], return_inverse=True)
-        looked_up = self.trained_genes[genes]
-        if self.training and left_out is not None:
-            looked_up = looked_up & ~left_out[genes]
-        elif self.training and self.leave_out > 0:
+        looked_up = self.looked_up(genes, left_out if self.training else None)
+        if self.training and left_out is None and self.leave_out > 0:
             kept = torch.rand(len(genes), device=genes.device) >= self.leave_out
             looked_up = looked_up & kept
         own = self.effects[self.row_of[genes].clamp(min=0)]
